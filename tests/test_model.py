@@ -1,0 +1,208 @@
+"""model.py: equality with transformers' GPT-2, KV-cache generation, context resizing, MFU."""
+
+from dataclasses import asdict
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from errors import UserError
+from model import GPT, GPTConfig, device_peak_flops, measure_peak_flops
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_hf_dir):
+    """Our model and transformers' loaded from the same tiny checkpoint directory."""
+    ours = GPT.from_pretrained(tiny_hf_dir).eval()
+    theirs = GPT2LMHeadModel.from_pretrained(tiny_hf_dir).eval()
+    return ours, theirs
+
+
+def prompt(length: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 50257, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_and_loss_match_transformers(pair):
+    ours, theirs = pair
+    idx = prompt(40, batch=3)
+    with torch.no_grad():
+        reference = theirs(idx, labels=idx)
+        logits, _ = ours(idx, all_logits=True)
+        # transformers shifts labels inside; ours takes next-token targets, -1 ignored
+        targets = torch.cat([idx[:, 1:], torch.full((3, 1), -1)], dim=1)
+        _, loss = ours(idx, targets)
+    assert (logits - reference.logits).abs().max().item() <= 1e-4
+    assert abs(loss.item() - reference.loss.item()) <= 1e-4
+
+
+def test_last_position_logits_by_default(pair):
+    ours, _ = pair
+    idx = prompt(10)
+    with torch.no_grad():
+        last, loss = ours(idx)
+        full, _ = ours(idx, all_logits=True)
+    assert loss is None and last.shape == (1, 1, 50257)
+    assert torch.allclose(last[:, 0], full[:, -1], atol=1e-5)
+
+
+def test_per_token_loss(pair):
+    ours, _ = pair
+    idx = prompt(12, batch=2)
+    with torch.no_grad():
+        _, per_token = ours(idx[:, :-1], idx[:, 1:], reduction="none")
+        _, mean = ours(idx[:, :-1], idx[:, 1:])
+    assert per_token.shape == (2, 11)
+    assert torch.allclose(per_token.mean(), mean)
+
+
+def test_tied_embeddings_and_parameter_names(pair):
+    ours, theirs = pair
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+    ours_names = set(ours.state_dict())
+    theirs_names = {n for n in theirs.state_dict() if not n.endswith((".attn.bias", ".attn.masked_bias"))}
+    assert ours_names == theirs_names
+
+
+def test_greedy_cached_equals_recompute_and_transformers(pair):
+    ours, theirs = pair
+    idx = prompt(7)
+    cached = ours.generate(idx, 40, temperature=0)
+    recomputed = ours.generate(idx, 40, temperature=0, use_cache=False)
+    assert torch.equal(cached, recomputed)
+    reference = theirs.generate(idx, max_new_tokens=40, do_sample=False, pad_token_id=0,
+                                attention_mask=torch.ones_like(idx))
+    assert torch.equal(cached, reference)
+
+
+def test_top_k_1_is_greedy_and_seeded_sampling_reproducible(pair):
+    ours, _ = pair
+    idx = prompt(5)
+    greedy = ours.generate(idx, 20, temperature=0)
+    assert torch.equal(ours.generate(idx, 20, temperature=0.8, top_k=1, seed=3), greedy)
+    a = ours.generate(idx, 20, temperature=1.0, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=7)
+    b = ours.generate(idx, 20, temperature=1.0, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=7)
+    c = ours.generate(idx, 20, temperature=1.0, top_k=50, top_p=0.9, repetition_penalty=1.2, seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_batched_cached_generation_matches_rows(pair):
+    ours, _ = pair
+    idx = prompt(6, batch=2)
+    together = ours.generate(idx, 15, temperature=0)
+    for row in range(2):
+        assert torch.equal(together[row:row + 1], ours.generate(idx[row:row + 1], 15, temperature=0))
+
+
+def test_generation_past_block_size(pair):
+    ours, _ = pair
+    block = ours.config.block_size
+    out = ours.generate(prompt(block - 3), 2 * block, temperature=0.9, top_k=20, seed=0)
+    assert out.shape == (1, 3 * block - 3)
+    long_prompt = ours.generate(prompt(block + 10), 5, temperature=0)  # prompt longer than the window
+    assert long_prompt.shape == (1, block + 15)
+
+
+def test_stop_token_ends_generation(pair):
+    ours, _ = pair
+    idx = prompt(5)
+    free = ours.generate(idx, 30, temperature=0)
+    stop = free[0, 5 + 3].item()  # the 4th generated token becomes the stop token
+    first = (free[0, 5:] == stop).nonzero()[0].item()
+    stopped = ours.generate(idx, 30, temperature=0, stop_token=stop)
+    assert stopped.shape[1] == 5 + first + 1 and stopped[0, -1].item() == stop
+
+
+def test_stream_yields_same_tokens_as_generate(pair):
+    ours, _ = pair
+    idx = prompt(5)
+    streamed = torch.stack(list(ours.generate_stream(idx, 12, temperature=0)), dim=1)
+    assert torch.equal(torch.cat([idx, streamed], dim=1), ours.generate(idx, 12, temperature=0))
+
+
+def test_bad_sampling_settings_are_user_errors(pair):
+    ours, _ = pair
+    for kwargs in (dict(temperature=-1), dict(top_k=0), dict(top_p=1.5), dict(repetition_penalty=0)):
+        with pytest.raises(UserError):
+            ours.generate(prompt(3), 2, **kwargs)
+
+
+def small_model(block_size: int = 32) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=97, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+def test_extend_block_size_interpolates_positions():
+    model = small_model(32)
+    old = model.transformer.wpe.weight.detach().clone()
+    model.extend_block_size(128)
+    new = model.transformer.wpe.weight.detach()
+    assert new.shape == (128, 16) and model.config.block_size == 128
+    assert torch.equal(new[::4], old)  # original positions sit on the grid, unchanged
+    assert torch.allclose(new[2], (old[0] + old[1]) / 2)  # between them, linear interpolation
+    logits, loss = model(torch.randint(0, 97, (2, 128)), torch.randint(0, 97, (2, 128)))
+    assert logits.shape == (2, 128, 97) and torch.isfinite(loss)
+    assert model.generate(torch.zeros(1, 100, dtype=torch.long), 40, temperature=0).shape == (1, 140)
+
+
+def test_crop_block_size_keeps_first_positions():
+    model = small_model(32)
+    old = model.transformer.wpe.weight.detach().clone()
+    model.crop_block_size(8)
+    assert torch.equal(model.transformer.wpe.weight, old[:8]) and model.config.block_size == 8
+    assert model(torch.zeros(1, 8, dtype=torch.long))[0].shape == (1, 1, 97)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(UserError):
+        model.crop_block_size(16)
+
+
+def test_set_block_size_chooses_crop_or_extend():
+    model = small_model(32)
+    model.set_block_size(64)
+    assert model.config.block_size == 64
+    model.set_block_size(16)
+    assert model.config.block_size == 16
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    grads = []
+    for checkpointed in (False, True):
+        model = small_model().train()
+        model.gradient_checkpointing = checkpointed
+        idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
+        _, loss = model(idx, idx)
+        loss.backward()
+        grads.append(model.transformer.h[0].attn.c_attn.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_configure_optimizers_decays_only_matrices():
+    model = small_model()
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = optimizer.param_groups
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_mfu_uses_the_given_or_known_peak():
+    model = small_model()
+    flops = model.flops_per_token() * model.config.block_size * 4
+    assert model.estimate_mfu(4, dt=1.0, peak_flops=flops * 2) == pytest.approx(0.5)
+    assert device_peak_flops("cpu", torch.bfloat16) is None
+    assert model.estimate_mfu(4, dt=1.0, device="cpu") is None
+    assert measure_peak_flops("cpu", torch.float32, n=128, repeats=2) > 0
+
+
+def test_from_pretrained_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match="could not load GPT-2 weights") as err:
+        GPT.from_pretrained(str(tmp_path / "no-such-model"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="dropout"):
+        GPT.from_pretrained("gpt2", override_args={"n_layer": 3})
+
+
+def test_config_round_trips_through_dict():
+    model = small_model()
+    assert GPT(GPTConfig(**asdict(model.config))).config == model.config
