@@ -92,13 +92,18 @@ class SplitWriter:
 
 
 def open_writers(out_dir: str) -> dict[str, SplitWriter]:
+    writers: dict[str, SplitWriter] = {}
     try:
         os.makedirs(out_dir, exist_ok=True)
         meta = os.path.join(out_dir, META_NAME)
         if os.path.exists(meta):
             os.remove(meta)  # from here on the dir no longer claims to hold a complete dataset
-        return {split: SplitWriter(out_dir, split) for split in SPLITS}
+        for split in SPLITS:
+            writers[split] = SplitWriter(out_dir, split)
+        return writers
     except OSError as e:
+        for w in writers.values():
+            w.discard()
         raise UserError(f"cannot write to output dir {out_dir}: {e.strerror or e}; choose another with --out_dir") from e
 
 

@@ -31,17 +31,19 @@ def input_files(pattern: str) -> list[str]:
 def user_documents(pattern: str) -> Iterator[Doc]:
     for path in input_files(pattern):
         reader = jsonl_documents if path.endswith((".jsonl", ".json")) else text_documents
-        try:
-            yield from reader(path)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: bytes {e.start}-{e.end} of a line are not UTF-8 ({e.reason}): "
-                            "re-save the file as UTF-8") from e
+        yield from reader(path)
 
 
 def lines_of(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; decoded a line at a time so a bad byte is reported at file:line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            yield from enumerate(f, 1)
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: byte {e.start + 1} is not UTF-8 ({e.reason}): "
+                                    "re-save the file as UTF-8") from e
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from e
 
