@@ -1,0 +1,132 @@
+"""Inference plumbing shared by sample.py, chat.py, export.py and bench_sample.py: one place for it.
+
+- pick the device and the decoding dtype ('auto': bf16 where the hardware has fast bf16, else fp32),
+- load a model for decoding (from a checkpoint, a GPT-2 name or a transformers directory, always safely),
+- read and encode prompts (`FILE:path`, the `<eot>` marker), keeping the last tokens when one is too long,
+- stream a continuation as text, token by token, ending at end-of-text.
+"""
+
+import codecs
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from checkpoint import load_model
+from errors import UserError
+from model import GPT
+from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FILE_PREFIX = "FILE:"
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when there is a GPU, else 'cpu'; anything else is checked and passed through."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device={name} but this machine has no CUDA GPU: use --device=cpu")
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        raise UserError(f"--device={name} but MPS is not available here: use --device=cpu")
+    return name
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 weights are a win."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """The dtype the weights are cast to for decoding. 'auto' picks bf16 on GPUs that support it and on
+    CPUs with native bf16 (half the bytes to read per token; bench_sample.py checks the log-probs hold),
+    and fp32 elsewhere, where bf16 would be emulated and slower."""
+    if name == "auto":
+        device_type = torch.device(device).type
+        if device_type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device_type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"--dtype={name} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",
+                       compile: bool = False) -> GPT:
+    """The model in eval mode on its device, weights cast to the decoding dtype, optionally compiled."""
+    device = resolve_device(device)
+    model, _ = load_model(init_from, out_dir, device)
+    model = model.to(resolve_dtype(dtype, device))
+    if compile:
+        model.compile(dynamic=True)  # one graph for every context length instead of one per length
+    return model
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------
+
+def read_start(start: str) -> str:
+    """The prompt text: `start` itself, or the contents of the file named after `FILE:`."""
+    if not start.startswith(FILE_PREFIX):
+        return start
+    path = start[len(FILE_PREFIX):]
+    if not os.path.isfile(path):
+        raise UserError(f"prompt file {path} not found (--start=FILE:path reads the prompt from a file)")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of text. `<eot>` (how NanoPhi's text files write it) and `<|endoftext|>` become the
+    end-of-text token, as in the training data; everything else is ordinary text."""
+    return get_encoding().encode(text.replace(EOT_MARKER, EOT_TOKEN), allowed_special={EOT_TOKEN})
+
+
+def decode(ids: list[int]) -> str:
+    return get_encoding().decode(ids)
+
+
+def keep_last(ids: list[int], limit: int) -> tuple[list[int], int]:
+    """The last `limit` tokens of ids and how many were dropped from the front."""
+    dropped = max(0, len(ids) - limit)
+    return ids[dropped:], dropped
+
+
+# ---- decoding --------------------------------------------------------------------------------------------
+
+@dataclass
+class Sampling:
+    """How the next token is picked. temperature 0 is greedy; top_k 0/None and top_p 1.0 switch those off."""
+    temperature: float = 0.85
+    top_k: int | None = 8
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+
+def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling,
+           seed: int | None = None) -> Iterator[tuple[int, str]]:
+    """Continue ids; yield (token, text) for each new token until end-of-text (not yielded) or
+    max_new_tokens. text is what the token adds to the output: byte-level BPE may split a character over
+    several tokens, so the bytes go through an incremental UTF-8 decoder and a piece may be ''."""
+    if not ids:
+        raise UserError("the prompt is empty: give some text to continue (e.g. --start=\"[Math] 1+1=\")")
+    device = model.lm_head.weight.device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    enc = get_encoding()
+    tokens = model.generate_stream(idx, max_new_tokens, temperature=sampling.temperature,
+                                   top_k=sampling.top_k or None, top_p=sampling.top_p,
+                                   repetition_penalty=sampling.repetition_penalty, stop_token=EOT_ID,
+                                   seed=seed)
+    for step in tokens:
+        token = int(step[0])
+        if token == EOT_ID:
+            return
+        yield token, utf8.decode(enc.decode_single_token_bytes(token))

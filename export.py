@@ -1,0 +1,120 @@
+"""Export a NanoPhi checkpoint as a Hugging Face transformers directory, ready to load or push to the Hub.
+
+    python export.py --out_dir=out-phi-mini --hf_dir=hf-phi
+
+writes hf_dir/ with config.json and model.safetensors (a GPT2LMHeadModel), the GPT-2 tokenizer built from
+the same offline BPE files the rest of NanoPhi uses (tokenizer.json, plus vocab.json/merges.txt for older
+tools), generation_config.json with NanoPhi's sampling defaults, and a short model card. Then
+
+    transformers.pipeline("text-generation", model="hf-phi")
+    GPT.from_pretrained("hf-phi")
+
+both load it offline, and its greedy continuations are sample.py's (with --dtype=float32).
+"""
+
+import json
+import os
+import shutil
+
+import torch
+
+from checkpoint import load_model
+from configurator import configure
+from errors import UserError, run_main
+from model import GPT
+from tags import TAGS
+from tokenizer import EOT_ID, EOT_TOKEN, bpe_files, default_bpe_dir
+
+# -----------------------------------------------------------------------------
+init_from = "resume"  # 'resume' (out_dir/ckpt.pt), or a GPT-2 name / transformers directory to re-export
+out_dir = "out-phi-mini"
+hf_dir = "hf-phi"  # where to write the transformers directory
+temperature = 0.85  # sampling defaults written to generation_config.json
+top_k = 8
+max_new_tokens = 200
+# -----------------------------------------------------------------------------
+
+
+def transformers_model(model: GPT):
+    """A GPT2LMHeadModel holding our weights (GPT-2 without biases gets zero biases: the same function)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    cfg = model.config
+    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                        bos_token_id=EOT_ID, eos_token_id=EOT_ID, tie_word_embeddings=True)
+    hf_model = GPT2LMHeadModel(config)
+    target = hf_model.state_dict()
+    weights = {k: v.float() for k, v in model.to_transformers_state_dict().items()}
+    for name, tensor in target.items():
+        if name not in weights and name.endswith("bias"):
+            weights[name] = torch.zeros_like(tensor)
+    hf_model.load_state_dict(weights, strict=False)  # only the causal-mask buffers some versions keep are left out
+    missing = [k for k in target if k not in weights and not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    if missing:
+        raise UserError(f"cannot export: transformers' GPT-2 has weights NanoPhi does not: {missing[:3]}")
+    return hf_model.eval()
+
+
+def gpt2_tokenizer(block_size: int):
+    """GPT-2's tokenizer as transformers wants it, built from the local vocab.bpe / encoder.json.
+    encoder.json is what transformers calls vocab.json, vocab.bpe its merges.txt (same '#version' header)."""
+    from transformers import GPT2Tokenizer
+    paths = bpe_files(default_bpe_dir())
+    with open(paths["encoder.json"], encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(paths["vocab.bpe"], encoding="utf-8") as f:
+        merges = [tuple(line.split(" ")) for line in f.read().split("\n")[1:] if line]
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=block_size)
+    return tokenizer, paths
+
+
+MODEL_CARD = """---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [gpt2, nanophi]
+---
+# NanoPhi
+
+A GPT-2 ({n_layer} layers, {n_embd} wide, {block_size}-token context) fine-tuned with NanoPhi on tagged
+multitask data. Start a prompt with a tag to pick the skill: {tags}.
+
+```python
+from transformers import pipeline
+generate = pipeline("text-generation", model="path/or/hub-id")
+print(generate("[Math] 1+1=2 2+2=4 3+3=")[0]["generated_text"])
+```
+
+Generation stops at `{eot}`; sampling defaults (temperature {temperature}, top_k {top_k}) are in
+generation_config.json.
+"""
+
+
+def export(model: GPT, directory: str) -> None:
+    """Write model, tokenizer, generation config and model card to directory."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging
+    logging.disable_progress_bar()  # one line of output, not a progress bar per file
+    cfg = model.config
+    os.makedirs(directory, exist_ok=True)
+    transformers_model(model).save_pretrained(directory)  # config.json + model.safetensors
+    tokenizer, paths = gpt2_tokenizer(cfg.block_size)
+    tokenizer.save_pretrained(directory)
+    shutil.copyfile(paths["encoder.json"], os.path.join(directory, "vocab.json"))
+    shutil.copyfile(paths["vocab.bpe"], os.path.join(directory, "merges.txt"))
+    GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens,
+                     bos_token_id=EOT_ID, eos_token_id=EOT_ID, pad_token_id=EOT_ID).save_pretrained(directory)
+    with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
+        f.write(MODEL_CARD.format(n_layer=cfg.n_layer, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                                  tags=", ".join(f"[{t}]" for t in TAGS), eot=EOT_TOKEN,
+                                  temperature=temperature, top_k=top_k))
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure(globals(), argv)
+    model, _ = load_model(init_from, out_dir, "cpu")
+    export(model, hf_dir)
+    print(f"wrote {hf_dir}: load it with transformers.pipeline('text-generation', model='{hf_dir}')")
+
+
+if __name__ == "__main__":
+    run_main(main)
