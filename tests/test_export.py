@@ -1,0 +1,67 @@
+"""export.py: the transformers directory loads offline, matches sample.py's greedy tokens, and round-trips."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import engine
+from fixtures_inference import run_script, tiny_model, tiny_out_dir  # noqa: F401
+from model import GPT
+from tokenizer import EOT_ID, get_encoding
+
+PROMPT = "[Math] 1+1=2 2+2=4 3+3="
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tiny_out_dir, tmp_path_factory) -> str:
+    directory = str(tmp_path_factory.mktemp("export") / "hf-phi")
+    r = run_script("export.py", f"--out_dir={tiny_out_dir}", f"--hf_dir={directory}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1
+    return directory
+
+
+def test_export_writes_a_hub_ready_directory(hf_dir):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+                 "merges.txt", "generation_config.json", "README.md"):
+        assert os.path.isfile(os.path.join(hf_dir, name)), name
+    with open(os.path.join(hf_dir, "generation_config.json")) as f:
+        generation = json.load(f)
+    assert generation["temperature"] == 0.85 and generation["top_k"] == 8 and generation["eos_token_id"] == EOT_ID
+
+
+def test_pipeline_loads_offline_and_greedy_matches_sample(hf_dir, tiny_out_dir):
+    from transformers import pipeline
+    generator = pipeline("text-generation", model=hf_dir)
+    ids = generator.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == engine.encode(PROMPT)  # the exported tokenizer is tiktoken's GPT-2
+    out = generator.model.generate(ids, do_sample=False, max_new_tokens=16)[0, ids.size(1):].tolist()
+    if EOT_ID in out:
+        out = out[:out.index(EOT_ID)]
+    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start={PROMPT}", "--num_samples=1",
+                   "--max_new_tokens=16", "--temperature=0", "--dtype=float32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == PROMPT + get_encoding().decode(out) + "\n---------------\n"
+    text = generator(PROMPT, max_new_tokens=4, do_sample=False)[0]["generated_text"]
+    assert text.startswith(PROMPT)
+
+
+def test_from_pretrained_round_trips(hf_dir, tiny_model):
+    again = GPT.from_pretrained(hf_dir)
+    assert again.config == tiny_model.config
+    ours, theirs = tiny_model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_export_fills_missing_biases_with_zeros(tmp_path):
+    import export
+    from model import GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, bias=False)).eval()
+    export.export(model, str(tmp_path))
+    again = GPT.from_pretrained(str(tmp_path))
+    idx = torch.tensor([engine.encode(PROMPT)])
+    assert torch.allclose(model(idx)[0], again(idx)[0], atol=1e-5)

@@ -1,0 +1,124 @@
+"""sample.py end to end on tiny checkpoints, and the engine pieces it stands on."""
+
+import os
+
+import pytest
+import torch
+
+import engine
+from errors import UserError
+from fixtures_inference import eot_out_dir, malicious_out_dir, run_script, tiny_model, tiny_out_dir  # noqa: F401
+from tokenizer import EOT_ID, get_encoding
+
+SEPARATOR = "---------------"
+
+
+def greedy_text(model, prompt: str, n: int) -> str:
+    ids = engine.encode(prompt)
+    out = model.generate(torch.tensor([ids]), n, temperature=0, stop_token=EOT_ID)[0, len(ids):].tolist()
+    if EOT_ID in out:
+        out = out[:out.index(EOT_ID)]
+    return get_encoding().decode(out)
+
+
+def test_sample_streams_greedy_continuations(tiny_model, tiny_out_dir):
+    prompt = "[Math] 1+1=2 2+2=4 3+3="
+    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start={prompt}", "--num_samples=2",
+                   "--max_new_tokens=12", "--temperature=0", "--dtype=float32")
+    assert r.returncode == 0, r.stderr
+    expected = prompt + greedy_text(tiny_model, prompt, 12)
+    assert r.stdout == f"{expected}\n{SEPARATOR}\n" * 2
+
+
+def test_sample_is_reproducible_with_a_seed(tiny_out_dir):
+    args = (f"--out_dir={tiny_out_dir}", "--start=[Textbook] Python", "--num_samples=2", "--max_new_tokens=10",
+            "--seed=7")
+    first, second = run_script("sample.py", *args), run_script("sample.py", *args)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    one, two = first.stdout.split(SEPARATOR)[:2]
+    assert one.strip() != two.strip()  # samples within a run differ
+
+
+def test_sample_stops_at_end_of_text(eot_out_dir):
+    r = run_script("sample.py", f"--out_dir={eot_out_dir}", "--start=[QA] hi", "--num_samples=1",
+                   "--max_new_tokens=30")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"[QA] hi\n{SEPARATOR}\n"
+
+
+def test_sample_reads_file_prompts(tiny_out_dir, tmp_path):
+    path = tmp_path / "prompt.txt"
+    path.write_text("[Code] def add(a, b):\n", encoding="utf-8")
+    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start=FILE:{path}", "--num_samples=1",
+                   "--max_new_tokens=4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("[Code] def add(a, b):\n")
+    missing = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start=FILE:{tmp_path / 'nope.txt'}")
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "nope.txt not found" in missing.stderr
+
+
+def test_long_prompt_keeps_its_last_block_size_tokens(tiny_out_dir):
+    words = " ".join(f"w{i}" for i in range(100))  # > 64 tokens, the tiny model's context
+    ids = engine.encode(words)
+    assert len(ids) > 64
+    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start={words}", "--num_samples=2",
+                   "--max_new_tokens=3")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("keeping its last 64 tokens") == 1  # said once, not per sample
+    kept = get_encoding().decode(ids[-64:])
+    assert r.stdout.startswith(kept) and r.stdout.count(kept) == 2
+
+
+def test_missing_checkpoint_and_bad_flags_are_one_line_errors(tmp_path, tiny_out_dir):
+    for args in ([f"--out_dir={tmp_path / 'nothing'}"],
+                 [f"--out_dir={tiny_out_dir}", "--temprature=0.5"],
+                 [f"--out_dir={tiny_out_dir}", "--max_new_tokens=many"],
+                 [f"--out_dir={tiny_out_dir}", "--dtype=float8"],
+                 [f"--out_dir={tiny_out_dir}", "--temperature=-1"]):
+        r = run_script("sample.py", *args)
+        assert r.returncode == 1, args
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "no checkpoint" in run_script("sample.py", f"--out_dir={tmp_path / 'nothing'}").stderr
+
+
+def test_malicious_pickle_checkpoint_is_refused(malicious_out_dir):
+    out_dir, marker = malicious_out_dir
+    r = run_script("sample.py", f"--out_dir={out_dir}", "--max_new_tokens=2")
+    assert r.returncode == 1
+    assert "refusing to load" in r.stderr and r.stderr.count("\n") == 1
+    assert not os.path.exists(marker)
+
+
+def test_encode_reads_the_eot_marker():
+    assert engine.encode("a<eot>b") == engine.encode("a<|endoftext|>b")
+    assert EOT_ID in engine.encode("a<eot>b")
+
+
+def test_keep_last():
+    assert engine.keep_last([1, 2, 3, 4], 2) == ([3, 4], 2)
+    assert engine.keep_last([1, 2], 5) == ([1, 2], 0)
+
+
+def test_stream_decodes_characters_split_over_tokens(tiny_model, monkeypatch):
+    text = "héllo 🙂 wörld"
+    tokens = get_encoding().encode(text)
+
+    def fake_generate_stream(idx, max_new_tokens, **kwargs):
+        for t in tokens + [EOT_ID, 0]:
+            yield torch.tensor([t])
+
+    monkeypatch.setattr(tiny_model, "generate_stream", fake_generate_stream)
+    pieces = [piece for _, piece in engine.stream(tiny_model, [1], 50, engine.Sampling())]
+    assert "".join(pieces) == text and len(pieces) == len(tokens)  # stops at end-of-text
+    with pytest.raises(UserError):
+        list(engine.stream(tiny_model, [], 5, engine.Sampling()))
+
+
+def test_dtype_choice():
+    assert engine.resolve_dtype("float32", "cpu") == torch.float32
+    expected = torch.bfloat16 if engine.cpu_has_fast_bf16() else torch.float32
+    assert engine.resolve_dtype("auto", "cpu") == expected
+    with pytest.raises(UserError):
+        engine.resolve_dtype("int3", "cpu")
