@@ -15,6 +15,7 @@ the number of generated documents and the share of the stdlib that is read (test
 
 import ast
 import math
+import multiprocessing
 import os
 import random
 import sysconfig
@@ -34,16 +35,48 @@ GENERATED = {"math_drill": 12000, "math_fewshot": 12000, "math_word": 12000, "ma
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3"}
 MAX_CODE_LINES = 60  # longer functions say little more and crowd out the rest of the mixture
 TOPIC_CHUNK = 3000  # characters per [Textbook] document cut from a long documentation topic
+CHUNK = 500  # generated documents per work unit
+# fork: workers start in milliseconds and need no importable __main__ (tests build tiny mixtures many times);
+# they only run pure-Python generators, so threads in the parent cannot leave them a held lock that matters
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def mini_documents(seed: int = 1337, scale: float = 1.0) -> Iterator[Doc]:
-    """All documents of the mini mixture as (tag, formatted text), deterministic for (seed, scale)."""
-    yield from topic_docs(scale)
-    yield from stdlib_docs(scale)
-    for name, fn in GENERATORS.items():
-        rng = random.Random(f"{seed}-{name}")  # one stream per generator: changing one leaves others as they were
-        for _ in range(max(3, round(GENERATED[name] * scale))):
-            yield fn(rng)
+def mini_documents(seed: int = 1337, scale: float = 1.0, processes: int = 0) -> Iterator[Doc]:
+    """All documents of the mini mixture as (tag, formatted text), deterministic for (seed, scale).
+
+    The work is cut into units (a documentation pass, one stdlib file, a chunk of one generator with its own
+    seeded stream) run by `processes` worker processes (0: all cores) and yielded in unit order, so the
+    result does not depend on how many processes made it.
+    """
+    units = work_units(seed, scale)
+    processes = processes or os.cpu_count() or 1
+    if processes == 1:
+        for unit in units:
+            yield from run_unit(unit)
+        return
+    with multiprocessing.get_context(START_METHOD).Pool(processes) as pool:
+        for docs in pool.imap(run_unit, units, chunksize=4):
+            yield from docs
+
+
+def work_units(seed: int, scale: float) -> list[tuple]:
+    units: list[tuple] = [("topics", scale)]
+    units += [("module", module, path) for module, path in stdlib_files(scale)]
+    for name, n in GENERATED.items():
+        count = max(3, round(n * scale))
+        units += [("generate", name, seed, start, min(CHUNK, count - start)) for start in range(0, count, CHUNK)]
+    return units
+
+
+def run_unit(unit: tuple) -> list[Doc]:
+    kind, *args = unit
+    if kind == "topics":
+        return list(topic_docs(*args))
+    if kind == "module":
+        return list(stdlib_docs(*args))
+    name, seed, start, count = args
+    rng = random.Random(f"{seed}-{name}-{start}")  # its own stream: chunks do not depend on each other
+    return [GENERATORS[name](rng) for _ in range(count)]
 
 
 def describe(scale: float) -> list[str]:
@@ -92,15 +125,14 @@ def first_paragraph(doc: str) -> str:
     return " ".join(ps[0].split()) if ps else ""
 
 
-def stdlib_docs(scale: float) -> Iterator[Doc]:
-    for module, path in stdlib_files(scale):
-        try:
-            with open(path, encoding="utf-8") as f:
-                source = f.read()
-            tree = ast.parse(source)
-        except (UnicodeDecodeError, SyntaxError, ValueError):
-            continue  # a few stdlib files are deliberately odd (other encodings, templates)
-        yield from module_docs(module, tree, source.splitlines())
+def stdlib_docs(module: str, path: str) -> Iterator[Doc]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        tree = ast.parse(source)
+    except (UnicodeDecodeError, SyntaxError, ValueError):
+        return  # a few stdlib files are deliberately odd (other encodings, templates)
+    yield from module_docs(module, tree, source.splitlines())
 
 
 def module_docs(module: str, tree: ast.Module, lines: list[str]) -> Iterator[Doc]:
