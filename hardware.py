@@ -1,0 +1,124 @@
+"""The hardware side of training: which device and precision to use, and the autocast and GradScaler for it.
+
+`dtype='auto'` picks, in this order:
+  bf16 autocast on CUDA GPUs with native bf16 (compute capability >= 8.0: A100, L4, H100 ...);
+  fp16 autocast with a GradScaler on older GPUs (T4, V100): they report bf16 as "supported" but emulate it,
+    slowly, and fp16's narrow range needs the scaler to keep small gradients from flushing to zero;
+  bf16 autocast on CPUs with bf16 instructions (AVX512-BF16 or AMX), else fp32.
+Weights and optimizer state stay fp32 in every case; autocast only runs the matmuls in the lower precision.
+"""
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import sys
+
+import torch
+
+from errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' if there is a GPU, else 'cpu'; anything else is checked and returned."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise UserError(f"device={device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={device} but torch sees no CUDA GPU: use --device=cpu (or auto)")
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def pick_dtype(device: str, dtype: str) -> tuple[str, str]:
+    """The training dtype for `device` and why: (name, reason). 'auto' chooses as the module docstring says."""
+    kind = torch.device(device).type
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise UserError(f"dtype={dtype!r}: use auto, {', '.join(DTYPES)}")
+        return dtype, "set by dtype"
+    if kind == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return "bfloat16", f"GPU compute capability {major}.{minor} has native bf16"
+        return "float16", f"GPU compute capability {major}.{minor} emulates bf16; fp16 with a GradScaler instead"
+    if kind == "cpu":
+        native = cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}
+        if native:
+            return "bfloat16", f"CPU has bf16 instructions ({', '.join(sorted(native))})"
+        return "float32", "CPU has no bf16 instructions"
+    return "float32", f"no mixed precision chosen for {kind}"
+
+
+def autocast(device: str, dtype: str):
+    """The context to run forward passes in: autocast to dtype, or nothing for fp32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[dtype])
+
+
+def grad_scaler(device: str, dtype: str) -> torch.amp.GradScaler:
+    """A GradScaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == "float16")
+
+
+def keep_freed_memory_on_cpu() -> None:
+    """Stop glibc from handing large freed blocks back to the kernel after every training step.
+
+    By default each tensor over 32 MiB (the logits, their gradients) is a fresh mmap, and every one of its
+    pages is faulted in and zeroed again on first touch: on a small VM that is a large share of a CPU step.
+    With mmap off and trimming off, freed blocks stay in the heap and are reused. Linux/glibc only; a no-op
+    elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return
+    libc = ctypes.CDLL(libc_name)
+    if not hasattr(libc, "mallopt"):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)
+
+
+def set_cpu_threads(local_world_size: int) -> None:
+    """Share the cores between the processes of a CPU run (torchrun starts one per rank)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // local_world_size))
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(batch_size: int, block_size: int):
+    """Turn an out-of-memory error into one line that says what to change."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        text = str(e)
+        if not (isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text):
+            raise
+        raise UserError(f"out of memory with batch_size={batch_size} at block_size={block_size}: use a smaller "
+                        "--batch_size (raise --gradient_accumulation_steps to keep the tokens per iteration) "
+                        "or --gradient_checkpointing=True") from e
+
+
+def compile_pays_off(device: str) -> bool:
+    """Whether torch.compile speeds training up here: on GPUs, yes."""
+    return torch.device(device).type == "cuda"

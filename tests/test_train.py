@@ -1,0 +1,214 @@
+"""train.py end to end, run as users run it (a subprocess with --key=value overrides), on a tiny tagged dataset.
+
+Loss falls; resume equals the uninterrupted run; 2-process DDP (gloo) equals 1 process at the same global
+batch; per-tag eval; fp16 with a GradScaler; SIGTERM saves; and each user error is one clear line.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from checkpoint import checkpoint_path, load_checkpoint
+from data.binwriter import write_dataset
+from tags import TAGS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
+        "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
+        "--learning_rate=3e-3", "--min_lr=3e-4"]
+
+
+def tiny_documents(n: int = 700):
+    """Short documents of every tag, regular enough for a 2-layer model to learn in a few dozen steps."""
+    words = ["red", "blue", "green", "cat", "dog", "sun", "tree", "ball"]
+    for i in range(n):
+        tag = TAGS[i % len(TAGS)]
+        a, b = i % 13, (i * 7) % 11
+        text = {
+            "Textbook": f"Chapter {a}: the {words[a % 8]} {words[b % 8]}\n\nThe {words[a % 8]} is {words[b % 8]}.",
+            "QA": f"**Question:** what is the {words[a % 8]}?\n**Answer:** it is {words[b % 8]} {i}.",
+            "Code": f"def f{i}(x):\n    return x + {a}",
+            "Math": f"{a}+{b}={a + b} {b}+{a}={a + b} #{i}",
+            "Logic": f"All {words[a % 8]}s are {words[b % 8]}. So this {words[a % 8]} is {words[b % 8]}. {i}",
+            "Roleplay": f"Ann: hello {words[a % 8]} {i}\nBob: hello {words[b % 8]}",
+            "Excerpt": f"The {words[a % 8]} sat. {i} [Response] {words[b % 8]}",
+        }[tag]
+        yield tag, f"[{tag}] {text}"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("tiny-data"))
+    write_dataset(tiny_documents(), out, val_fraction=0.2, num_threads=1, progress=False)
+    return out
+
+
+def run_train(out_dir, *args, torchrun: bool = False, check: bool = True, timeout: int = 180):
+    command = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if torchrun
+               else [sys.executable]) + ["train.py", f"--out_dir={out_dir}", *TINY, *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def iteration_losses(stdout: str) -> dict[int, float]:
+    return {int(i): float(x) for i, x in re.findall(r"^iter (\d+): loss ([\d.]+)", stdout, re.M)}
+
+
+def eval_rows(stdout: str) -> list[list[float]]:
+    """The eval table's rows: [iter, train, val, per-tag val...]."""
+    return [[float(v) for v in line.split("|")] for line in stdout.splitlines()
+            if re.match(r"^\s+\d+ \|", line)]
+
+
+def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
+    result = run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=30", "--eval_interval=15")
+    header = next(line for line in result.stdout.splitlines() if line.strip().startswith("iter |"))
+    assert [c.strip() for c in header.split("|")] == ["iter", "train", "val", *TAGS]
+    rows = eval_rows(result.stdout)
+    assert [r[0] for r in rows] == [0, 15, 30]
+    assert all(len(r) == 3 + len(TAGS) and all(v == v for v in r) for r in rows)  # no NaN: every tag measured
+    assert rows[-1][2] < rows[0][2] - 2.0, rows  # val loss falls from ~10.8 (uniform over 50k tokens)
+    assert all(last < first for first, last in zip(rows[0][3:], rows[-1][3:]))  # and on every tag
+    assert "tokens per iteration: 128" in result.stdout
+    assert "precision float32 (set by dtype)" in result.stdout
+    ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
+    assert ckpt["iter_num"] == 30 and ckpt["best_val_loss"] == pytest.approx(rows[-1][2], abs=1e-4)
+    assert {"optimizer", "scaler", "sampler", "rng", "config", "model_args"} <= set(ckpt)
+
+
+def test_resume_continues_exactly(tmp_path, tiny_data):
+    schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1"]
+    whole = run_train(tmp_path / "whole", *schedule, "--max_iters=8")
+    run_train(tmp_path / "parts", *schedule, "--max_iters=5")
+    resumed = run_train(tmp_path / "parts", *schedule, "--max_iters=8", "--init_from=resume")
+    assert "resuming from" in resumed.stdout and "at iteration 5" in resumed.stdout
+    expected = {i: v for i, v in iteration_losses(whole.stdout).items() if i > 5}
+    assert iteration_losses(resumed.stdout) == expected and len(expected) == 3
+    a = load_checkpoint(checkpoint_path(str(tmp_path / "whole")))
+    b = load_checkpoint(checkpoint_path(str(tmp_path / "parts")))
+    for name, tensor in a["model"].items():  # dropout on: the RNG state was restored too
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_ddp_two_processes_match_one(tmp_path, tiny_data):
+    # the same global batch: 2 accumulation steps in one process, or one on each of two processes
+    common = [f"--dataset={tiny_data}", "--max_iters=6", "--eval_interval=6", "--gradient_accumulation_steps=2"]
+    single = run_train(tmp_path / "one", *common)
+    ddp = run_train(tmp_path / "two", *common, torchrun=True)
+    assert "2 process(es) on cpu" in ddp.stdout
+    one, two = iteration_losses(single.stdout), iteration_losses(ddp.stdout)
+    assert one.keys() == two.keys() and len(one) == 6
+    assert all(abs(one[i] - two[i]) < 1e-3 for i in one), (one, two)
+    a = load_checkpoint(checkpoint_path(str(tmp_path / "one")))["model"]
+    b = load_checkpoint(checkpoint_path(str(tmp_path / "two")))["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny_data, tiny_hf_dir):
+    # one run for three paths: a local transformers dir with 64 positions extended to 128, fp16 autocast with
+    # a GradScaler (runnable on CPU too), and per-block activation checkpointing
+    run_train(tmp_path, f"--dataset={tiny_data}", f"--init_from={tiny_hf_dir}", "--block_size=128",
+              "--max_iters=2", "--eval_interval=2", "--dtype=float16", "--gradient_checkpointing=True")
+    ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
+    assert ckpt["model_args"]["block_size"] == 128 and ckpt["model_args"]["vocab_size"] == 50257
+    assert ckpt["model"]["transformer.wpe.weight"].shape == (128, 32)
+    assert ckpt["scaler"]["scale"] > 0 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
+    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
+               "--max_iters=100000", "--eval_interval=100000"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("iter 3:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert "stopped at iteration" in out
+    stopped_at = load_checkpoint(checkpoint_path(str(tmp_path)))["iter_num"]
+    assert stopped_at >= 3
+    resumed = run_train(tmp_path, f"--dataset={tiny_data}", "--init_from=resume", f"--max_iters={stopped_at + 1}",
+                        "--eval_interval=100000")
+    assert list(iteration_losses(resumed.stdout)) == [stopped_at + 1]
+
+
+def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    script = f"""
+import os, signal, torch
+from checkpoint import save_checkpoint
+save_checkpoint({{"model": {{"w": torch.ones(3)}}, "model_args": {{}}, "iter_num": 1}}, {path!r})
+real_save = torch.save
+def dying_save(obj, f):
+    f.write(b"half a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+save_checkpoint({{"model": {{"w": torch.zeros(3)}}, "model_args": {{}}, "iter_num": 2}}, {path!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    ckpt = load_checkpoint(path)
+    assert ckpt["iter_num"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(3))
+
+
+def assert_user_error(result, *phrases):
+    assert result.returncode == 1, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in last, last
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    assert_user_error(run_train(tmp_path, "--dataset=phi_missing_here", check=False),
+                      "not found", "python data/prepare.py")
+
+
+def test_unknown_init_from(tmp_path, tiny_data):
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--init_from=gpt3", check=False),
+                      "unknown init_from 'gpt3'", "scratch, resume, gpt2")
+
+
+def test_unreachable_weights(tmp_path, tiny_data):
+    # conftest sets HF_HUB_OFFLINE=1 and the subprocess inherits it: nothing is cached, nothing downloads
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--init_from=gpt2-xl", check=False),
+                      "could not load GPT-2 weights 'gpt2-xl'")
+
+
+def test_resume_without_checkpoint(tmp_path, tiny_data):
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--init_from=resume", check=False),
+                      "no checkpoint at")
+
+
+def test_out_of_memory_suggests_smaller_batch(tmp_path, tiny_data):
+    # 10^5 x 32 x 50304 fp32 logits: 640 GB, refused by the allocator
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--batch_size=100000", "--n_layer=1", "--eval_iters=0",
+                                "--eval_interval=100", check=False),
+                      "out of memory", "--batch_size", "--gradient_checkpointing")
+
+
+@pytest.mark.parametrize("block_size, phrase", [(0, "block_size must be at least 1"),
+                                                (100000, "too long")])
+def test_impossible_block_size(tmp_path, tiny_data, block_size, phrase):
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", f"--block_size={block_size}", check=False),
+                      phrase)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
+    common = [f"--dataset={tiny_data}", "--eval_interval=2", "--decay_lr=False", "--grad_clip=0"]
+    run_train(tmp_path, *common, "--max_iters=2")
+    result = run_train(tmp_path, *common, "--max_iters=50", "--init_from=resume", "--learning_rate=1e12",
+                       check=False)
+    assert_user_error(result, "loss became", "keeps the last good state")
+    ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
