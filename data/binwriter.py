@@ -24,7 +24,7 @@ from tags import TAGS, tag_id
 from tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_hash, get_encoding
 
 Doc = tuple[str, str]  # (tag, formatted text)
-GROUP_DOCS = 64  # documents per string handed to the tokenizer
+GROUP_DOCS = 256  # documents per string handed to the tokenizer
 
 
 def split_of(h: int, val_fraction: float) -> str:

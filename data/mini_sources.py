@@ -144,7 +144,7 @@ def module_docs(module: str, tree: ast.Module, lines: list[str]) -> Iterator[Doc
         yield "Textbook", format_textbook(f"The {module} module", body)
     if doc and 20 <= len(first_paragraph(doc)) <= 1500:
         yield "QA", format_qa(f"What is the Python module `{module}` for?", first_paragraph(doc))
-    for node in ast.walk(tree):
+    for node in definitions(tree.body):
         if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
             answer = first_paragraph(ast.get_docstring(node) or "")
             if 20 <= len(answer) <= 1500:
@@ -156,6 +156,18 @@ def module_docs(module: str, tree: ast.Module, lines: list[str]) -> Iterator[Doc
             code = code_doc(node, lines)
             if code:
                 yield "Code", code
+
+
+def definitions(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Classes and functions in a block, nested ones included. Unlike ast.walk it never descends into
+    expressions, which hold most of a module's nodes and no definitions."""
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            block = getattr(node, field, None)
+            if isinstance(block, list):
+                yield from definitions(block)
 
 
 def code_doc(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> str | None:
