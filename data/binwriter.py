@@ -76,7 +76,7 @@ class SplitWriter:
         """Close the temp files and turn the raw index rows (13 bytes a document) into a temp .npy."""
         self.bin.close()
         self.rows.close()
-        np.save(self.index_tmp, np.fromfile(self.rows_tmp, dtype=INDEX_DTYPE))
+        np.save(self.index_tmp, np.memmap(self.rows_tmp, dtype=INDEX_DTYPE, mode="r"))  # paged, not loaded
         os.remove(self.rows_tmp)
 
     def commit(self) -> None:

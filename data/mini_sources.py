@@ -14,12 +14,14 @@ the number of generated documents and the share of the stdlib that is read (test
 """
 
 import ast
+import itertools
 import math
 import multiprocessing
 import os
 import random
 import sysconfig
 import textwrap
+from collections import deque
 from typing import Iterator
 
 import pydoc_data.topics
@@ -54,8 +56,14 @@ def mini_documents(seed: int = 1337, scale: float = 1.0, processes: int = 0) -> 
         for unit in units:
             yield from run_unit(unit)
         return
+    todo = iter(units)
     with multiprocessing.get_context(START_METHOD).Pool(processes) as pool:
-        for docs in pool.imap(run_unit, units, chunksize=4):
+        # a bounded window of units in flight (Pool.imap would run ahead and queue every result in memory)
+        window = deque(pool.apply_async(run_unit, (u,)) for u in itertools.islice(todo, 4 * processes))
+        while window:
+            docs = window.popleft().get()
+            for u in itertools.islice(todo, 1):
+                window.append(pool.apply_async(run_unit, (u,)))
             yield from docs
 
 
