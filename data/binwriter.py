@@ -134,9 +134,11 @@ def write_dataset(docs: Iterable[Doc], out_dir: str, *, seed: int = 1337, val_fr
         for tag, text in batch:
             # a literal <|endoftext|> inside a document would read as a document boundary in the bins
             text = text.replace(EOT_TOKEN, "")
+            if not text.strip():
+                continue
             h = doc_hash(text, seed)
-            if not text.strip() or h in seen:
-                duplicates += bool(text.strip())
+            if h in seen:
+                duplicates += 1
                 continue
             seen.add(h)
             texts, ids = out[split_of(h, val_fraction)]
