@@ -1,0 +1,198 @@
+"""Decoding speed benchmark: `python bench.py --mode=sample` (or `python bench_sample.py`).
+
+A GPT-2 small shaped model (12 layers, 768 wide) with random weights is built with transformers and saved
+as a transformers directory; then, in this one process, batch-1 decoding of new_tokens tokens after a
+prompt_tokens-token prompt with top-k sampling is timed for:
+  - ours: sample.py's path (KV cache, weights in the 'auto' decoding dtype) and the same in fp32,
+  - transformers' generate on the same weights (its own KV cache), fp32 as loaded by default, and bf16,
+  - recomputing the whole context every step (nanoGPT's way, fp32): too slow to run 256 steps each
+    repeat, so it is timed for a few tokens at contexts spread over the run and scaled to new_tokens.
+Runs are interleaved and repeated, and medians reported, so a busy machine slows every contender alike.
+Also reported: the memory-bandwidth floor (bytes of weights read per token / measured bandwidth, for a
+copy as asked and for a plain read, which is what decoding does),
+how far bf16 moves the per-token log-probs from fp32, and the time to first token for a long prompt.
+The last line is the results as JSON.
+"""
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+import engine
+from configurator import configure
+from errors import run_main
+from model import GPT
+from tokenizer import EOT_ID
+
+# -----------------------------------------------------------------------------
+n_layer = 12
+n_head = 12
+n_embd = 768
+block_size = 1024
+prompt_tokens = 16
+new_tokens = 256
+ttft_prompt_tokens = 512
+repeats = 3  # timed runs per contender; medians are reported
+recompute_segments = 4  # recompute: contexts at which it is timed...
+recompute_tokens = 4  # ...and tokens timed at each
+temperature = 0.85
+top_k = 8
+# torch threads for every contender. 1 by default: batch-1 decoding is bound by memory bandwidth, not
+# arithmetic, and on a 2-core machine that is busy with anything else a second OpenMP thread stalls every
+# op waiting for its descheduled peer (measured here: 10-100x slower for all contenders). 0 = one per core.
+threads = 1
+seed = 1337
+# -----------------------------------------------------------------------------
+
+
+def build_transformers_dir(directory: str) -> str:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=block_size)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    return directory
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """Bytes per second (best of several) copying a tensor much larger than the caches (read + write
+    counted) and reading it (a sum)."""
+    src = torch.ones(megabytes * 2 ** 20 // 4)
+    dst = torch.ones_like(src)  # ones, not empty: untouched pages would all map to one zero page
+    nbytes = src.numel() * src.element_size()
+    copy = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
+    read = min(timed(lambda: src.sum()) for _ in range(repeats))
+    return 2 * nbytes / copy, nbytes / read
+
+
+def bytes_per_token(model: GPT) -> int:
+    """Weight bytes one decoding step reads: every parameter except the position table (one row of it)."""
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "wpe" not in name)
+
+
+def ours(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool = True) -> torch.Tensor:
+    return model.generate(prompt, n, temperature=temperature, top_k=top_k, use_cache=use_cache)
+
+
+def theirs(hf_model, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                 temperature=temperature, top_k=top_k, max_new_tokens=n, min_new_tokens=n,
+                                 pad_token_id=EOT_ID)
+
+
+def recompute_seconds(model: GPT, context: torch.Tensor) -> float:
+    """Time to generate new_tokens recomputing the context each step, estimated from recompute_tokens
+    steps at each of recompute_segments evenly spaced points of the run (step cost grows with context)."""
+    seconds = 0.0
+    segment = new_tokens // recompute_segments
+    for i in range(recompute_segments):
+        length = prompt_tokens + i * segment + segment // 2  # each segment timed at its middle
+        step = timed(lambda: ours(model, context[:, :length], recompute_tokens, use_cache=False)) / recompute_tokens
+        seconds += step * segment
+    return seconds
+
+
+@torch.inference_mode()
+def logprob_drift(reference: GPT, other: GPT, tokens: torch.Tensor) -> dict:
+    """How other's per-token log-probs of tokens (teacher forced) differ from reference's."""
+    ref = reference(tokens[:, :-1], all_logits=True)[0].float().log_softmax(-1)
+    out = other(tokens[:, :-1], all_logits=True)[0].float().log_softmax(-1)
+    target = tokens[:, 1:].unsqueeze(-1)
+    diff = (ref.gather(-1, target) - out.gather(-1, target)).abs()
+    return {"max_abs_logprob_diff": diff.max().item(), "mean_abs_logprob_diff": diff.mean().item(),
+            "top1_agreement": (ref.argmax(-1) == out.argmax(-1)).float().mean().item()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    configure(globals(), argv)
+    from transformers import GPT2LMHeadModel
+    if threads:
+        torch.set_num_threads(threads)
+    directory = build_transformers_dir(tempfile.mkdtemp(prefix="bench-gpt2-"))
+    auto = engine.load_for_inference(directory, "", "cpu", "auto")
+    fp32 = engine.load_for_inference(directory, "", "cpu", "float32")
+    hf32 = GPT2LMHeadModel.from_pretrained(directory).eval()
+    hf16 = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.bfloat16).eval()
+    auto_dtype = str(auto.lm_head.weight.dtype).removeprefix("torch.")
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, 50257, (1, prompt_tokens), generator=gen)
+    long_prompt = torch.randint(0, 50257, (1, ttft_prompt_tokens), generator=gen)
+    print(f"GPT-2 {n_layer}x{n_embd}, batch 1, {prompt_tokens}-token prompt, {new_tokens} new tokens, "
+          f"top_k={top_k}; {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+          f"ours 'auto' = {auto_dtype}{' (oneDNN-packed)' if engine.can_pack(auto) else ''}")
+
+    contenders = {
+        f"ours, KV cache, {auto_dtype} (auto)": lambda: ours(auto, prompt, new_tokens),
+        "ours, KV cache, float32": lambda: ours(fp32, prompt, new_tokens),
+        "transformers generate, float32": lambda: theirs(hf32, prompt, new_tokens),
+        "transformers generate, bfloat16": lambda: theirs(hf16, prompt, new_tokens),
+    }
+    context = ours(fp32, prompt, new_tokens)  # a realistic context for the recompute timings
+    for model in (auto, fp32):  # warm-up: first-call allocations, oneDNN kernel creation
+        ours(model, prompt, 8)
+    for model in (hf32, hf16):
+        theirs(model, prompt, 8)
+    seconds = {name: [] for name in contenders}
+    seconds["recompute every step (nanoGPT), float32"] = []
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            seconds[name].append(timed(fn))
+        seconds["recompute every step (nanoGPT), float32"].append(recompute_seconds(fp32, context))
+    tok_s = {name: new_tokens / statistics.median(s) for name, s in seconds.items()}
+
+    ttft = {
+        f"ours, {auto_dtype} (auto)": statistics.median(timed(lambda: ours(auto, long_prompt, 1)) for _ in range(repeats)),
+        "ours, float32": statistics.median(timed(lambda: ours(fp32, long_prompt, 1)) for _ in range(repeats)),
+        "transformers, float32": statistics.median(timed(lambda: theirs(hf32, long_prompt, 1)) for _ in range(repeats)),
+    }
+    copy_bw, read_bw = memory_bandwidth()
+    weight_bytes = {f"ours, {auto_dtype} (auto)": bytes_per_token(auto), "ours, float32": bytes_per_token(fp32)}
+    drift = logprob_drift(fp32, auto, context)
+
+    best = tok_s[f"ours, KV cache, {auto_dtype} (auto)"]
+    baseline_hf = tok_s["transformers generate, float32"]
+    baseline_recompute = tok_s["recompute every step (nanoGPT), float32"]
+    print(f"\n{'decoding':45s} {'tokens/s':>9s} {'ours(auto) is':>14s}")
+    for name, rate in tok_s.items():
+        print(f"{name:45s} {rate:9.1f} {best / rate:13.2f}x")
+    print("(recompute: timed on %d x %d tokens at contexts spread over the run, scaled to %d tokens)"
+          % (recompute_segments, recompute_tokens, new_tokens))
+    print(f"\nmemory-bandwidth floor: copy {copy_bw / 1e9:.1f} GB/s (read + write), read {read_bw / 1e9:.1f} GB/s")
+    for name, nbytes in weight_bytes.items():
+        decoding = tok_s[f"ours, KV cache, {name.removeprefix('ours, ')}"]
+        print(f"  {name:24s} {nbytes / 1e6:4.0f} MB/token -> at most {copy_bw / nbytes:5.1f} tokens/s by copy, "
+              f"{read_bw / nbytes:5.1f} by read; reached {decoding:5.1f} "
+              f"({100 * decoding * nbytes / copy_bw:.0f}% / {100 * decoding * nbytes / read_bw:.0f}%)")
+    print(f"\nlog-probs of {auto_dtype} vs float32 over {context.size(1) - 1} tokens: max |diff| "
+          f"{drift['max_abs_logprob_diff']:.4f}, mean {drift['mean_abs_logprob_diff']:.4f}, "
+          f"top-1 agreement {100 * drift['top1_agreement']:.1f}%")
+    print(f"\ntime to first token, {ttft_prompt_tokens}-token prompt:")
+    for name, t in ttft.items():
+        print(f"  {name:30s} {1000 * t:7.0f} ms")
+    print(f"\nspeedup vs transformers generate (fp32): {best / baseline_hf:.2f}x (target >= 1.5x); "
+          f"vs recompute: {best / baseline_recompute:.1f}x (target >= 10x)")
+    print(json.dumps({
+        "model": f"{n_layer}x{n_embd}", "threads": torch.get_num_threads(), "auto_dtype": auto_dtype,
+        "tokens_per_s": {k: round(v, 2) for k, v in tok_s.items()},
+        "speedup_vs_transformers": round(best / baseline_hf, 3),
+        "speedup_vs_recompute": round(best / baseline_recompute, 2),
+        "copy_bandwidth_gb_s": round(copy_bw / 1e9, 2), "read_bandwidth_gb_s": round(read_bw / 1e9, 2),
+        "bandwidth_floor_tokens_per_s": {k: {"copy": round(copy_bw / v, 1), "read": round(read_bw / v, 1)}
+                                         for k, v in weight_bytes.items()},
+        "ttft_ms": {k: round(1000 * v, 1) for k, v in ttft.items()},
+        "logprob_drift": {k: round(v, 5) for k, v in drift.items()},
+    }))
+
+
+if __name__ == "__main__":
+    run_main(main)
