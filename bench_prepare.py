@@ -1,8 +1,8 @@
 """Benchmark: data/prepare.py's tokens/s on the mini mixture vs raw tiktoken encode_ordinary_batch.
 
-    python bench_prepare.py [--scale=1.0] [--runs=3] [--num_threads=0]
+    python bench_prepare.py [--scale=1.0] [--runs=5] [--num_threads=0]
 
-Three numbers, each the median of `runs` timings, on the same documents (the unique documents prepare writes)
+Three numbers, each the median of `runs` interleaved timings, on the same documents (the unique documents prepare writes)
 and the same number of threads:
   raw         enc.encode_ordinary_batch(texts, num_threads): tokenization alone, nothing written
   end-to-end  prepare_dataset("mini", force=True): generating the documents, hashing, deduplicating, splitting,
@@ -25,18 +25,20 @@ from errors import run_main
 from tokenizer import get_encoding
 
 scale = 1.0  # size of the mini mixture (1.0 is the default build)
-runs = 3  # timings per measurement; the median is reported
+runs = 5  # timings per measurement (interleaved); the median is reported
 num_threads = 0  # 0: all cores
 seed = 1337
 
 
-def median_time(fn) -> float:
-    times = []
+def median_times(fns: dict) -> dict[str, float]:
+    """Median wall time of each function; runs are interleaved so a change in machine load hits all alike."""
+    times = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -52,18 +54,20 @@ def main() -> None:
     texts = [t for _, t in docs]
     n_tokens = sum(map(len, enc.encode_ordinary_batch(texts, num_threads=threads)))
     with tempfile.TemporaryDirectory() as tmp:
-        raw = median_time(lambda: enc.encode_ordinary_batch(texts, num_threads=threads))
-        e2e = median_time(lambda: prepare_dataset("mini", os.path.join(tmp, "e2e"), force=True, seed=seed,
-                                                  scale=scale, num_threads=threads, progress=False))
-        pipe = median_time(lambda: write_dataset(docs, os.path.join(tmp, "pipe"), seed=seed, num_threads=threads,
-                                                 progress=False))
+        t = median_times({
+            "raw encode_ordinary_batch": lambda: enc.encode_ordinary_batch(texts, num_threads=threads),
+            "prepare end-to-end": lambda: prepare_dataset("mini", os.path.join(tmp, "e2e"), force=True, seed=seed,
+                                                          scale=scale, num_threads=threads, progress=False),
+            "prepare pipeline only": lambda: write_dataset(docs, os.path.join(tmp, "pipe"), seed=seed,
+                                                           num_threads=threads, progress=False)})
         meta = load_meta(os.path.join(tmp, "e2e"))
         written = sum(s["tokens"] - s["docs"] for s in meta["splits"].values())
         assert written == n_tokens, (written, n_tokens)  # same text, same tokens
     print(f"mini mixture, scale {scale}: {len(docs):,} unique documents, {n_tokens:,} tokens, {threads} threads, "
           f"median of {runs}")
-    for name, t in (("raw encode_ordinary_batch", raw), ("prepare end-to-end", e2e), ("prepare pipeline only", pipe)):
-        print(f"  {name:<26} {t:6.2f}s {n_tokens / t / 1e6:6.2f}M tokens/s  {raw / t:6.1%} of raw")
+    raw = t["raw encode_ordinary_batch"]
+    for name, seconds in t.items():
+        print(f"  {name:<26} {seconds:6.2f}s {n_tokens / seconds / 1e6:6.2f}M tokens/s  {raw / seconds:6.1%} of raw")
 
 
 if __name__ == "__main__":
