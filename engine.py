@@ -15,34 +15,18 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+import hardware
 from checkpoint import load_model
 from errors import UserError
 from model import GPT
 from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FILE_PREFIX = "FILE:"
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when there is a GPU, else 'cpu'; anything else is checked and passed through."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device={name} but this machine has no CUDA GPU: use --device=cpu")
-    if name.startswith("mps") and not torch.backends.mps.is_available():
-        raise UserError(f"--device={name} but MPS is not available here: use --device=cpu")
-    return name
 
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 weights are a win."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & hardware.cpu_flags())
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -51,20 +35,20 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     and fp32 elsewhere, where bf16 would be emulated and slower."""
     if name == "auto":
         device_type = torch.device(device).type
-        if device_type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device_type == "cuda":  # GPUs before compute capability 8.0 emulate bf16
+            return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
         if device_type == "cpu" and cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
-    if name not in DTYPES:
-        raise UserError(f"--dtype={name} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if name not in hardware.DTYPES:
+        raise UserError(f"--dtype={name} is not one of auto, {', '.join(hardware.DTYPES)}")
+    return hardware.DTYPES[name]
 
 
 def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",
                        compile: bool = False) -> GPT:
     """The model in eval mode on its device, weights cast to the decoding dtype, optionally compiled."""
-    device = resolve_device(device)
+    device = hardware.pick_device(device)
     model, _ = load_model(init_from, out_dir, device)
     model = pack_for_decoding(model.to(resolve_dtype(dtype, device)))
     if compile:

@@ -71,3 +71,15 @@ def malicious_out_dir(tmp_path) -> tuple[str, str]:
     out_dir.mkdir()
     torch.save({"model": Evil(marker), "model_args": {}}, checkpoint_path(str(out_dir)))
     return str(out_dir), marker
+
+
+def run_in_process(module, argv: list[str], capsys) -> str:
+    """Run a script's main(argv) in this process and return its stdout; its settings (module globals that
+    configure() overwrites) are put back afterwards, so one test's flags do not leak into the next."""
+    from configurator import settings_of
+    saved = settings_of(vars(module))
+    try:
+        module.main(argv)
+        return capsys.readouterr().out
+    finally:
+        vars(module).update(saved)

@@ -7,7 +7,8 @@ import pytest
 import chat
 import engine
 from errors import UserError
-from fixtures_inference import eot_out_dir, malicious_out_dir, run_script, tiny_model, tiny_out_dir  # noqa: F401
+from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
+                                tiny_out_dir)
 from tokenizer import EOT_ID
 
 
@@ -81,6 +82,5 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny_out_dir, monkeypatch, capsys)
 
     monkeypatch.setattr(builtins, "input", fake_input)
     monkeypatch.setattr(engine, "stream", interrupted_stream)
-    chat.main([f"--out_dir={tiny_out_dir}", "--dtype=float32"])
-    out = capsys.readouterr().out
+    out = run_in_process(chat, [f"--out_dir={tiny_out_dir}", "--dtype=float32"], capsys)
     assert out.count("Bot: partial [stopped]\n") == 2  # both questions were answered (and cut short)

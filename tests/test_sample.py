@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import engine
+import sample
 from errors import UserError
-from fixtures_inference import eot_out_dir, malicious_out_dir, run_script, tiny_model, tiny_out_dir  # noqa: F401
+from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
+                                tiny_out_dir)
 from tokenizer import EOT_ID, get_encoding
 
 SEPARATOR = "---------------"
@@ -30,13 +32,12 @@ def test_sample_streams_greedy_continuations(tiny_model, tiny_out_dir):
     assert r.stdout == f"{expected}\n{SEPARATOR}\n" * 2
 
 
-def test_sample_is_reproducible_with_a_seed(tiny_out_dir):
-    args = (f"--out_dir={tiny_out_dir}", "--start=[Textbook] Python", "--num_samples=2", "--max_new_tokens=10",
-            "--seed=7")
-    first, second = run_script("sample.py", *args), run_script("sample.py", *args)
-    assert first.returncode == 0, first.stderr
-    assert first.stdout == second.stdout
-    one, two = first.stdout.split(SEPARATOR)[:2]
+def test_sample_is_reproducible_with_a_seed(tiny_out_dir, capsys):
+    args = [f"--out_dir={tiny_out_dir}", "--start=[Textbook] Python", "--num_samples=2", "--max_new_tokens=10",
+            "--seed=7"]
+    first, second = run_in_process(sample, args, capsys), run_in_process(sample, args, capsys)
+    assert first == second
+    one, two = first.split(SEPARATOR)[:2]
     assert one.strip() != two.strip()  # samples within a run differ
 
 
@@ -54,9 +55,8 @@ def test_sample_reads_file_prompts(tiny_out_dir, tmp_path):
                    "--max_new_tokens=4")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("[Code] def add(a, b):\n")
-    missing = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start=FILE:{tmp_path / 'nope.txt'}")
-    assert missing.returncode == 1
-    assert missing.stderr.count("\n") == 1 and "nope.txt not found" in missing.stderr
+    with pytest.raises(UserError, match="nope.txt not found"):
+        sample.main([f"--out_dir={tiny_out_dir}", f"--start=FILE:{tmp_path / 'nope.txt'}"])
 
 
 def test_long_prompt_keeps_its_last_block_size_tokens(tiny_out_dir):
@@ -72,15 +72,15 @@ def test_long_prompt_keeps_its_last_block_size_tokens(tiny_out_dir):
 
 
 def test_missing_checkpoint_and_bad_flags_are_one_line_errors(tmp_path, tiny_out_dir):
-    for args in ([f"--out_dir={tmp_path / 'nothing'}"],
-                 [f"--out_dir={tiny_out_dir}", "--temprature=0.5"],
-                 [f"--out_dir={tiny_out_dir}", "--max_new_tokens=many"],
-                 [f"--out_dir={tiny_out_dir}", "--dtype=float8"],
-                 [f"--out_dir={tiny_out_dir}", "--temperature=-1"]):
+    for args, message in (([f"--out_dir={tmp_path / 'nothing'}"], "no checkpoint"),
+                          ([f"--out_dir={tiny_out_dir}", "--temprature=0.5"], "did you mean --temperature")):
         r = run_script("sample.py", *args)
         assert r.returncode == 1, args
-        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert "no checkpoint" in run_script("sample.py", f"--out_dir={tmp_path / 'nothing'}").stderr
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    for args in (["--max_new_tokens=many"], ["--dtype=float8"], ["--temperature=-1"], ["--top_p=0"]):
+        with pytest.raises(UserError) as e:
+            run_in_process(sample, [f"--out_dir={tiny_out_dir}", *args], capsys=None)
+        assert "\n" not in str(e.value)
 
 
 def test_malicious_pickle_checkpoint_is_refused(malicious_out_dir):
