@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from errors import UserError
+from data.user_files import SEPARATOR
 from tags import format_doc, format_excerpt, format_prompt_response, format_textbook, tag_of
 
 Doc = tuple[str, str]
@@ -106,10 +107,12 @@ def source_documents(src: Source, max_docs: int, local: str | None) -> Iterator[
         if src.tag is not None:
             yield src.tag, text
             continue
-        tag = tag_of(text)
-        if tag is None:
-            raise UserError(f"dataset {local or src.path} row {i}: text does not start with a tag like [Math]")
-        yield tag, text
+        for doc in SEPARATOR.split(text):  # a labelled row may hold several <eot>-separated documents
+            if doc.strip():
+                tag = tag_of(doc)
+                if tag is None:
+                    raise UserError(f"dataset {local or src.path} row {i}: text does not start with a tag like [Math]")
+                yield tag, doc.strip()
 
 
 def hf_documents(mixture: str, max_docs: int = 0, local_files: dict[str, str] | None = None) -> Iterator[Doc]:

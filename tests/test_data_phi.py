@@ -66,7 +66,8 @@ def test_phi_mixture_from_local_fixtures(tmp_path, phi_files):
 
 def test_tinytext_release_as_labelled(tmp_path):
     texts = [f"[Math] {i}+{i}={2 * i}" for i in range(10)] + [f"[Code] def f{i}(): pass" for i in range(10)]
-    local = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in texts])
+    rows = [{"text": t} for t in texts[2:]] + [{"text": f"{texts[0]}<eot>{texts[1]}<eot>"}]  # several in one row
+    local = write_jsonl(tmp_path / "train.jsonl", rows)
     d = prepare_dataset("tinytext", str(tmp_path / "tt"), local_files={"tinytext": local}, val_fraction=0.3,
                         progress=False)
     assert sorted(all_docs(d)) == sorted(texts)
