@@ -1,0 +1,159 @@
+"""Benchmarks. `python bench.py` (--mode=train): training throughput; `--mode=sample`: decoding (bench_sample.py).
+
+Training mode times full optimizer steps (forward, backward, AdamW) of a random-weight GPT-2 shaped model on
+random tokens, in this one process, for:
+  1. a plain fp32 eager PyTorch loop (the baseline: default allocator, default AdamW, no autocast), then
+  2. train.py's setup: dtype chosen for the hardware (hardware.py), CPU allocator tuning, the model's own
+     optimizer, and torch.compile where train.py would use it (--compile=False/True forces it off/on).
+Each is a median over `iters` timed steps after `warmup` steps. FLOPs are counted honestly with
+model.flops_per_token() (6 x parameters + attention; the LM head included, no recompute counted), and MFU is
+against the peak this device reaches on a large matmul in the chosen dtype (measured before and after, the
+best kept), or the data-sheet peak on known GPUs. Prints a table, then one JSON line.
+
+Default shape on CPU: 6 layers, 6 heads, 384 wide, block 256, batch 8. On a GPU: gpt2-medium (24 layers,
+16 heads, 1024 wide), block 1024, batch 4. Any of them can be set with --key=value.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import hardware
+from configurator import configure
+from errors import UserError, run_main
+from model import GPT, GPTConfig, device_peak_flops, measure_peak_flops
+
+# -----------------------------------------------------------------------------
+mode = "train"  # train, or sample (decoding: bench_sample.py)
+n_layer = None  # None: 6 on CPU, 24 on GPU (gpt2-medium)
+n_head = None  # None: 6 on CPU, 16 on GPU
+n_embd = None  # None: 384 on CPU, 1024 on GPU
+block_size = None  # None: 256 on CPU, 1024 on GPU
+batch_size = None  # None: 8 on CPU, 4 on GPU
+vocab_size = 50304  # GPT-2's 50257, padded to a multiple of 64 as train.py does for scratch models
+device = "auto"
+dtype = "auto"
+compile = None  # None: as train.py decides (hardware.compile_pays_off); True/False forces it
+baseline = True  # also time the plain fp32 eager loop
+warmup = 3
+iters = 10
+seed = 1337
+# -----------------------------------------------------------------------------
+
+CPU_SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8)
+GPU_SHAPE = dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, batch_size=4)
+
+
+def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int) -> list[float]:
+    """Seconds per optimizer step, one per timed step."""
+    def step():
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync():
+        if torch.device(dev).type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def train_bench(shape: dict) -> None:
+    dev = hardware.pick_device(device)
+    dtype_name, why = hardware.pick_dtype(dev, dtype)
+    ptdtype = hardware.DTYPES[dtype_name]
+    use_compile = hardware.compile_pays_off(dev) if compile is None else compile
+    B, T = shape["batch_size"], shape["block_size"]
+    config = GPTConfig(block_size=T, vocab_size=vocab_size, n_layer=shape["n_layer"], n_head=shape["n_head"],
+                       n_embd=shape["n_embd"], dropout=0.0, bias=True)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 50257, (B, T), generator=gen).to(dev)
+    y = torch.randint(0, 50257, (B, T), generator=gen).to(dev)
+    cpu = torch.device(dev).type == "cpu"
+    print(f"{dev}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; model "
+          f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
+          f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
+
+    results = {}
+    if baseline:  # before any tuning: the process is as plain PyTorch leaves it
+        torch.manual_seed(seed)
+        model = GPT(config).to(dev)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        results["fp32 eager (baseline)"] = time_steps(model, optimizer, hardware.autocast(dev, "float32"), x, y,
+                                                      dev, warmup, iters)
+        del model, optimizer
+    if cpu:
+        hardware.keep_freed_memory_on_cpu()
+    torch.manual_seed(seed)
+    model = GPT(config).to(dev)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), torch.device(dev).type)
+    if use_compile:
+        model = torch.compile(model)
+    ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
+    results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters)
+
+    peak = device_peak_flops(dev, ptdtype)
+    peak_source = "data sheet"
+    if not peak:
+        peak = max(measure_peak_flops(dev, ptdtype) for _ in range(2))
+        peak_source = f"measured {dtype_name} matmul"
+    fp32_peak = device_peak_flops(dev, torch.float32) or measure_peak_flops(dev, torch.float32)
+    flops_per_step = GPT(config).flops_per_token() * B * T
+    rows = {}
+    for name, times in results.items():
+        dt = statistics.median(times)
+        rows[name] = {"tokens_per_s": B * T / dt, "ms_per_iter": dt * 1000, "flops_per_s": flops_per_step / dt,
+                      "mfu": flops_per_step / dt / peak, "ms_min": min(times) * 1000, "ms_max": max(times) * 1000}
+    print(f"peak: {peak / 1e12:.2f} TFLOP/s ({peak_source}); fp32 peak {fp32_peak / 1e12:.2f} TFLOP/s; "
+          f"{flops_per_step / 1e9:.1f} GFLOP per step; median of {iters} steps after {warmup} warm-up")
+    print(f"{'':32} {'tokens/s':>9} {'ms/iter':>9} {'(min-max)':>15} {'TFLOP/s':>8} {'MFU':>6} {'speedup':>8}")
+    base = rows.get("fp32 eager (baseline)")
+    for name, r in rows.items():
+        speedup = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        print(f"{name:32} {r['tokens_per_s']:9,.0f} {r['ms_per_iter']:9.1f} {r['ms_min']:7.0f}-{r['ms_max']:<7.0f} "
+              f"{r['flops_per_s'] / 1e12:8.3f} {r['mfu'] * 100:5.1f}% {speedup:>8}")
+    summary = {"device": dev, "dtype": dtype_name, "compile": use_compile, "shape": {**shape, "vocab_size": vocab_size},
+               "peak_flops": peak, "peak_source": peak_source, "threads": torch.get_num_threads(),
+               **{k: round(v, 4) for k, v in rows[ours].items()}}
+    if base:
+        summary["baseline"] = {k: round(v, 4) for k, v in base.items()}
+        summary["baseline"]["mfu_vs_fp32_peak"] = round(base["flops_per_s"] / fp32_peak, 4)
+        summary["speedup_vs_baseline"] = round(rows[ours]["tokens_per_s"] / base["tokens_per_s"], 3)
+    print(json.dumps(summary))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--mode=sample" in argv:
+        try:
+            from bench_sample import main as sample_main
+        except ImportError as e:
+            raise UserError("bench.py --mode=sample runs bench_sample.py (the decoding benchmark), which is "
+                            "not in this checkout") from e
+        return sample_main([a for a in argv if a != "--mode=sample"])
+    configure(globals(), argv)
+    if mode != "train":
+        raise UserError(f"mode={mode!r}: use train or sample")
+    gpu = torch.device(hardware.pick_device(device)).type == "cuda"
+    defaults = GPU_SHAPE if gpu else CPU_SHAPE
+    given = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size)
+    train_bench({k: defaults[k] if v is None else v for k, v in given.items()})
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,42 @@
+"""The embedded default: a small GPT-2 trained from scratch on data/mini, in about 10 minutes on 2 CPU cores.
+
+    python train.py config/train_phi_mini.py          # builds data/mini first if it is missing
+    python sample.py --out_dir=out-phi-mini           # then sample it, e.g. with a "[Math]" prompt
+
+Sized for the clock, not for quality: 4 layers x 256 wide (16M parameters, 13M of them the token embedding
+that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 600 steps: about 2.5M
+tokens, roughly half of data/mini. That is enough to learn each tag's format (the arithmetic drills, the
+Q/A layout, code shape), which is what tag-following means at this size; it will not learn facts.
+bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
+"""
+
+out_dir = "out-phi-mini"
+dataset = "mini"
+init_from = "scratch"
+
+n_layer = 4
+n_head = 4
+n_embd = 256
+dropout = 0.0  # well under one epoch: nothing to regularize
+block_size = 256
+batch_size = 16
+gradient_accumulation_steps = 1
+
+# A small model trained briefly tolerates, and needs, a high learning rate: 2e-3 with a short warmup, cosine
+# to a tenth of it so the last steps consolidate instead of bouncing.
+learning_rate = 2e-3
+max_iters = 600
+lr_decay_iters = 600
+warmup_iters = 30
+min_lr = 2e-4
+beta2 = 0.99  # few tokens per step: a longer second-moment average smooths the noisier gradients
+weight_decay = 0.1
+grad_clip = 1.0
+
+eval_interval = 100
+eval_iters = 10
+log_interval = 20
+always_save_checkpoint = True
+
+device = "auto"
+dtype = "auto"
