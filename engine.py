@@ -50,10 +50,11 @@ def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype
     """The model in eval mode on its device, weights cast to the decoding dtype, optionally compiled."""
     device = hardware.pick_device(device)
     model, _ = load_model(init_from, out_dir, device)
-    model = pack_for_decoding(model.to(resolve_dtype(dtype, device)))
-    if compile:
+    model = model.to(resolve_dtype(dtype, device))
+    if compile:  # inductor cannot lower the prepacked op; it lays weights out itself
         model.compile(dynamic=True)  # one graph for every context length instead of one per length
-    return model
+        return model
+    return pack_for_decoding(model)
 
 
 class PackedLinear(nn.Module):
