@@ -82,8 +82,9 @@ def train_bench(shape: dict) -> None:
     config = GPTConfig(block_size=T, vocab_size=vocab_size, n_layer=shape["n_layer"], n_head=shape["n_head"],
                        n_embd=shape["n_embd"], dropout=0.0, bias=True)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 50257, (B, T), generator=gen).to(dev)
-    y = torch.randint(0, 50257, (B, T), generator=gen).to(dev)
+    tokens = min(vocab_size, 50257)  # GPT-2's real tokens; the padding rows are never targets
+    x = torch.randint(0, tokens, (B, T), generator=gen).to(dev)
+    y = torch.randint(0, tokens, (B, T), generator=gen).to(dev)
     cpu = torch.device(dev).type == "cpu"
     print(f"{dev}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; model "
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
@@ -129,11 +130,11 @@ def train_bench(shape: dict) -> None:
               f"{r['flops_per_s'] / 1e12:8.3f} {r['mfu'] * 100:5.1f}% {speedup:>8}")
     summary = {"device": dev, "dtype": dtype_name, "compile": use_compile, "shape": {**shape, "vocab_size": vocab_size},
                "peak_flops": peak, "peak_source": peak_source, "threads": torch.get_num_threads(),
-               **{k: round(v, 4) for k, v in rows[ours].items()}}
+               **{k: float(f"{v:.4g}") for k, v in rows[ours].items()}}
     if base:
-        summary["baseline"] = {k: round(v, 4) for k, v in base.items()}
-        summary["baseline"]["mfu_vs_fp32_peak"] = round(base["flops_per_s"] / fp32_peak, 4)
-        summary["speedup_vs_baseline"] = round(rows[ours]["tokens_per_s"] / base["tokens_per_s"], 3)
+        summary["baseline"] = {k: float(f"{v:.4g}") for k, v in base.items()}
+        summary["baseline"]["mfu_vs_fp32_peak"] = float(f"{base['flops_per_s'] / fp32_peak:.4g}")
+        summary["speedup_vs_baseline"] = float(f"{rows[ours]['tokens_per_s'] / base['tokens_per_s']:.4g}")
     print(json.dumps(summary))
 
 
