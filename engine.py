@@ -135,11 +135,11 @@ class Sampling:
     repetition_penalty: float = 1.0
 
 
-def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling,
-           seed: int | None = None) -> Iterator[tuple[int, str]]:
+def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling) -> Iterator[tuple[int, str]]:
     """Continue ids; yield (token, text) for each new token until end-of-text (not yielded) or
     max_new_tokens. text is what the token adds to the output: byte-level BPE may split a character over
-    several tokens, so the bytes go through an incremental UTF-8 decoder and a piece may be ''."""
+    several tokens, so the bytes go through an incremental UTF-8 decoder and a piece may be ''. Sampling
+    draws from torch's global generator: seed it once (torch.manual_seed) for reproducible runs."""
     if not ids:
         raise UserError("the prompt is empty: give some text to continue (e.g. --start=\"[Math] 1+1=\")")
     device = model.lm_head.weight.device
@@ -148,10 +148,11 @@ def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling,
     enc = get_encoding()
     tokens = model.generate_stream(idx, max_new_tokens, temperature=sampling.temperature,
                                    top_k=sampling.top_k or None, top_p=sampling.top_p,
-                                   repetition_penalty=sampling.repetition_penalty, stop_token=EOT_ID,
-                                   seed=seed)
+                                   repetition_penalty=sampling.repetition_penalty, stop_token=EOT_ID)
     for step in tokens:
         token = int(step[0])
         if token == EOT_ID:
             return
-        yield token, utf8.decode(enc.decode_single_token_bytes(token))
+        # A model trained from scratch pads its vocabulary to 50304; the padding ids have no text.
+        piece = enc.decode_single_token_bytes(token) if token < enc.n_vocab else b""
+        yield token, utf8.decode(piece)

@@ -76,7 +76,7 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny_out_dir, monkeypatch, capsys)
         except StopIteration:
             raise EOFError from None
 
-    def interrupted_stream(model, ids, max_new_tokens, sampling, seed=None):
+    def interrupted_stream(model, ids, max_new_tokens, sampling):
         yield 42, "partial"
         raise KeyboardInterrupt
 
