@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     if seed >= 0:
         torch.manual_seed(seed)
+    engine.use_idle_cores()
     model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
     chat = Chat(model, engine.Sampling(temperature, top_k, top_p, repetition_penalty), parse_tag(tag),
                 max_new_tokens)

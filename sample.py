@@ -36,6 +36,7 @@ compile = False  # torch.compile the model: slow start, faster decoding on GPUs
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     torch.manual_seed(seed)  # one seed for the run: samples differ from each other but repeat run to run
+    engine.use_idle_cores()
     model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
     ids, dropped = engine.keep_last(engine.encode(engine.read_start(start)), model.config.block_size)
     if dropped:

@@ -122,3 +122,18 @@ def test_dtype_choice():
     assert engine.resolve_dtype("auto", "cpu") == expected
     with pytest.raises(UserError):
         engine.resolve_dtype("int3", "cpu")
+
+
+def test_decoding_leaves_busy_cores_alone(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+        assert engine.use_idle_cores() == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+        assert engine.use_idle_cores() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert engine.use_idle_cores() == 2  # the user's choice stands
+    finally:
+        torch.set_num_threads(before)
