@@ -1,8 +1,8 @@
 """Decoding speed benchmark: `python bench.py --mode=sample` (or `python bench_sample.py`).
 
-A GPT-2 small shaped model (12 layers, 768 wide) with random weights is built with transformers and saved
-as a transformers directory; then, in this one process, batch-1 decoding of new_tokens tokens after a
-prompt_tokens-token prompt with top-k sampling is timed for:
+A GPT-2 small shaped model (12 layers, 768 wide; gpt2-medium's 24 x 1024 on a GPU) with random weights is
+built with transformers and saved as a transformers directory; then, in this one process, decoding of
+new_tokens tokens after a prompt_tokens-token prompt (batch_size rows) with top-k sampling is timed for:
   - ours: sample.py's path (KV cache, weights in the 'auto' decoding dtype) and the same in fp32,
   - transformers' generate on the same weights (its own KV cache), fp32 as loaded by default, and bf16,
   - recomputing the whole context every step (nanoGPT's way, fp32): too slow to run 256 steps each
@@ -23,16 +23,19 @@ import time
 import torch
 
 import engine
+import hardware
 from configurator import configure
 from errors import run_main
 from model import GPT
 from tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
-n_layer = 12
-n_head = 12
-n_embd = 768
+device = "auto"  # 'auto' (cuda if present, else cpu), 'cpu', 'cuda'
+n_layer = None  # None: 12 on CPU (GPT-2 small), 24 on GPU (gpt2-medium)
+n_head = None  # None: 12 on CPU, 16 on GPU
+n_embd = None  # None: 768 on CPU, 1024 on GPU
 block_size = 1024
+batch_size = 1
 prompt_tokens = 16
 new_tokens = 256
 ttft_prompt_tokens = 512
@@ -41,10 +44,9 @@ recompute_segments = 4  # recompute: contexts at which it is timed...
 recompute_tokens = 4  # ...and tokens timed at each
 temperature = 0.85
 top_k = 8
-# torch threads for every contender. 1 by default: batch-1 decoding is bound by memory bandwidth, not
-# arithmetic, and on a 2-core machine that is busy with anything else a second OpenMP thread stalls every
-# op waiting for its descheduled peer (measured here: 10-100x slower for all contenders). 0 = one per core.
-threads = 1
+# CPU threads for every contender. 0: as sample.py, one per core that other processes leave idle (on a
+# 2-core machine busy with other work a second thread stalls every op of every contender 10-100x).
+threads = 0
 seed = 1337
 # -----------------------------------------------------------------------------
 
@@ -57,16 +59,23 @@ def build_transformers_dir(directory: str) -> str:
     return directory
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    synchronize()
     t0 = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - t0
 
 
-def memory_bandwidth(megabytes: int = 512, repeats: int = 5) -> tuple[float, float]:
+def memory_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> tuple[float, float]:
     """Bytes per second (best of several) copying a tensor much larger than the caches (read + write
     counted) and reading it (a sum)."""
-    src = torch.ones(megabytes * 2 ** 20 // 4)
+    src = torch.ones(megabytes * 2 ** 20 // 4, device=device)
     dst = torch.ones_like(src)  # ones, not empty: untouched pages would all map to one zero page
     nbytes = src.numel() * src.element_size()
     copy = min(timed(lambda: dst.copy_(src)) for _ in range(repeats))
@@ -114,21 +123,28 @@ def logprob_drift(reference: GPT, other: GPT, tokens: torch.Tensor) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global n_layer, n_head, n_embd
     configure(globals(), argv)
     from transformers import GPT2LMHeadModel
+    dev = hardware.pick_device(device)
+    on_gpu = torch.device(dev).type == "cuda"
+    n_layer, n_head, n_embd = n_layer or (24 if on_gpu else 12), n_head or (16 if on_gpu else 12), n_embd or (1024 if on_gpu else 768)
     if threads:
         torch.set_num_threads(threads)
+    else:
+        engine.use_idle_cores()
     directory = build_transformers_dir(tempfile.mkdtemp(prefix="bench-gpt2-"))
-    auto = engine.load_for_inference(directory, "", "cpu", "auto")
-    fp32 = engine.load_for_inference(directory, "", "cpu", "float32")
-    hf32 = GPT2LMHeadModel.from_pretrained(directory).eval()
-    hf16 = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.bfloat16).eval()
+    auto = engine.load_for_inference(directory, "", dev, "auto")
+    fp32 = engine.load_for_inference(directory, "", dev, "float32")
+    hf32 = GPT2LMHeadModel.from_pretrained(directory).to(dev).eval()
+    hf16 = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.bfloat16).to(dev).eval()
     auto_dtype = str(auto.lm_head.weight.dtype).removeprefix("torch.")
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, 50257, (1, prompt_tokens), generator=gen)
-    long_prompt = torch.randint(0, 50257, (1, ttft_prompt_tokens), generator=gen)
-    print(f"GPT-2 {n_layer}x{n_embd}, batch 1, {prompt_tokens}-token prompt, {new_tokens} new tokens, "
-          f"top_k={top_k}; {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; "
+    prompt = torch.randint(0, 50257, (batch_size, prompt_tokens), generator=gen).to(dev)
+    long_prompt = torch.randint(0, 50257, (1, ttft_prompt_tokens), generator=gen).to(dev)
+    where = torch.cuda.get_device_name(dev) if on_gpu else f"CPU, {torch.get_num_threads()} threads"
+    print(f"GPT-2 {n_layer}x{n_embd}, batch {batch_size}, {prompt_tokens}-token prompt, {new_tokens} new tokens, "
+          f"top_k={top_k}; {where}, load average {os.getloadavg()[0]:.1f}; "
           f"ours 'auto' = {auto_dtype}{' (oneDNN-packed)' if engine.can_pack(auto) else ''}")
 
     contenders = {
@@ -148,31 +164,35 @@ def main(argv: list[str] | None = None) -> None:
         for name, fn in contenders.items():
             seconds[name].append(timed(fn))
         seconds["recompute every step (nanoGPT), float32"].append(recompute_seconds(fp32, context))
-    tok_s = {name: new_tokens / statistics.median(s) for name, s in seconds.items()}
+    tok_s = {name: batch_size * new_tokens / statistics.median(s) for name, s in seconds.items()}
 
     ttft = {
         f"ours, {auto_dtype} (auto)": statistics.median(timed(lambda: ours(auto, long_prompt, 1)) for _ in range(repeats)),
         "ours, float32": statistics.median(timed(lambda: ours(fp32, long_prompt, 1)) for _ in range(repeats)),
         "transformers, float32": statistics.median(timed(lambda: theirs(hf32, long_prompt, 1)) for _ in range(repeats)),
     }
-    copy_bw, read_bw = memory_bandwidth()
+    copy_bw, read_bw = memory_bandwidth(dev)
     weight_bytes = {f"ours, {auto_dtype} (auto)": bytes_per_token(auto), "ours, float32": bytes_per_token(fp32)}
-    drift = logprob_drift(fp32, auto, context)
+    drift = logprob_drift(fp32, auto, context[:1])
 
     best = tok_s[f"ours, KV cache, {auto_dtype} (auto)"]
     baseline_hf = tok_s["transformers generate, float32"]
     baseline_recompute = tok_s["recompute every step (nanoGPT), float32"]
-    print(f"\n{'decoding':45s} {'tokens/s':>9s} {'ours(auto) is':>14s}")
+    print(f"\n{'decoding (tokens/s: all rows together)':45s} {'tokens/s':>9s} {'ours(auto) is':>14s}")
     for name, rate in tok_s.items():
         print(f"{name:45s} {rate:9.1f} {best / rate:13.2f}x")
     print("(recompute: timed on %d x %d tokens at contexts spread over the run, scaled to %d tokens)"
           % (recompute_segments, recompute_tokens, new_tokens))
+    # One step reads every weight once for all batch_size rows, so the floor in tokens/s scales with the batch.
+    floor = {name: {"copy": batch_size * copy_bw / nbytes, "read": batch_size * read_bw / nbytes}
+             for name, nbytes in weight_bytes.items()}
     print(f"\nmemory-bandwidth floor: copy {copy_bw / 1e9:.1f} GB/s (read + write), read {read_bw / 1e9:.1f} GB/s")
     for name, nbytes in weight_bytes.items():
         decoding = tok_s[f"ours, KV cache, {name.removeprefix('ours, ')}"]
-        print(f"  {name:24s} {nbytes / 1e6:4.0f} MB/token -> at most {copy_bw / nbytes:5.1f} tokens/s by copy, "
-              f"{read_bw / nbytes:5.1f} by read; reached {decoding:5.1f} "
-              f"({100 * decoding * nbytes / copy_bw:.0f}% / {100 * decoding * nbytes / read_bw:.0f}%)")
+        limit = floor[name]
+        print(f"  {name:24s} {nbytes / 1e6:4.0f} MB/step -> at most {limit['copy']:6.1f} tokens/s by copy, "
+              f"{limit['read']:6.1f} by read; reached {decoding:6.1f} "
+              f"({100 * decoding / limit['copy']:.0f}% / {100 * decoding / limit['read']:.0f}%)")
     print(f"\nlog-probs of {auto_dtype} vs float32 over {context.size(1) - 1} tokens: max |diff| "
           f"{drift['max_abs_logprob_diff']:.4f}, mean {drift['mean_abs_logprob_diff']:.4f}, "
           f"top-1 agreement {100 * drift['top1_agreement']:.1f}%")
@@ -182,13 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nspeedup vs transformers generate (fp32): {best / baseline_hf:.2f}x (target >= 1.5x); "
           f"vs recompute: {best / baseline_recompute:.1f}x (target >= 10x)")
     print(json.dumps({
-        "model": f"{n_layer}x{n_embd}", "threads": torch.get_num_threads(), "auto_dtype": auto_dtype,
+        "model": f"{n_layer}x{n_embd}", "device": where, "batch_size": batch_size, "auto_dtype": auto_dtype,
         "tokens_per_s": {k: round(v, 2) for k, v in tok_s.items()},
         "speedup_vs_transformers": round(best / baseline_hf, 3),
         "speedup_vs_recompute": round(best / baseline_recompute, 2),
         "copy_bandwidth_gb_s": round(copy_bw / 1e9, 2), "read_bandwidth_gb_s": round(read_bw / 1e9, 2),
-        "bandwidth_floor_tokens_per_s": {k: {"copy": round(copy_bw / v, 1), "read": round(read_bw / v, 1)}
-                                         for k, v in weight_bytes.items()},
+        "bandwidth_floor_tokens_per_s": {k: {m: round(v, 1) for m, v in f.items()} for k, f in floor.items()},
         "ttft_ms": {k: round(1000 * v, 1) for k, v in ttft.items()},
         "logprob_drift": {k: round(v, 5) for k, v in drift.items()},
     }))
