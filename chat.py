@@ -58,6 +58,12 @@ def parse_tag(name: str) -> str:
     raise UserError(f"unknown tag '{name}': use one of {', '.join(TAGS)}")
 
 
+def non_negative(value):
+    if value < 0:
+        raise ValueError(value)
+    return value
+
+
 class Chat:
     """The conversation: its turns as tokens, the sampling settings, and the tag for untagged lines."""
 
@@ -111,14 +117,10 @@ class Chat:
                 self.tag = parse_tag(arg)
                 return f"(tag: [{self.tag}])" if self.tag else "(no tag)"
             if name == "/temp":
-                self.sampling.temperature = float(arg)
-                if self.sampling.temperature < 0:
-                    raise ValueError
+                self.sampling.temperature = non_negative(float(arg))
                 return f"(temperature: {self.sampling.temperature})"
             if name == "/topk":
-                self.sampling.top_k = int(arg)
-                if self.sampling.top_k < 0:
-                    raise ValueError
+                self.sampling.top_k = non_negative(int(arg))
                 return f"(top_k: {self.sampling.top_k or 'all'})"
         except ValueError:
             return f"({name} needs a number >= 0, e.g. {name} {'0.8' if name == '/temp' else '8'})"

@@ -51,6 +51,8 @@ def test_tags_apply_to_untagged_lines_only(tiny_model):
         chat.parse_tag("Poetry")
     assert "unknown tag" in c.command("/tag Poetry") and c.tag == "Code"
     assert c.command("/tag") == "(no tag)" and c.tag == ""
+    assert "needs a number" in c.command("/temp -1") and c.sampling.temperature == 0
+    assert "needs a number" in c.command("/topk many") and "unknown command" in c.command("/nope")
 
 
 def test_turns_are_documents_and_oldest_drop_first(tiny_model):
