@@ -75,11 +75,13 @@ def malicious_out_dir(tmp_path) -> tuple[str, str]:
 
 def run_in_process(module, argv: list[str], capsys) -> str:
     """Run a script's main(argv) in this process and return its stdout; its settings (module globals that
-    configure() overwrites) are put back afterwards, so one test's flags do not leak into the next."""
+    configure() overwrites) and torch's thread count are put back afterwards, so nothing leaks into the
+    tests that follow."""
     from configurator import settings_of
-    saved = settings_of(vars(module))
+    saved, threads = settings_of(vars(module)), torch.get_num_threads()
     try:
         module.main(argv)
         return capsys.readouterr().out
     finally:
         vars(module).update(saved)
+        torch.set_num_threads(threads)
