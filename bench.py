@@ -90,6 +90,7 @@ def train_bench(shape: dict) -> None:
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
           f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
 
+    measured_peaks = [] if device_peak_flops(dev, ptdtype) else [measure_peak_flops(dev, ptdtype)]
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
         torch.manual_seed(seed)
@@ -111,7 +112,7 @@ def train_bench(shape: dict) -> None:
     peak = device_peak_flops(dev, ptdtype)
     peak_source = "data sheet"
     if not peak:
-        peak = max(measure_peak_flops(dev, ptdtype) for _ in range(2))
+        peak = max(measured_peaks + [measure_peak_flops(dev, ptdtype)])  # before and after: the best is the peak
         peak_source = f"measured {dtype_name} matmul"
     fp32_peak = device_peak_flops(dev, torch.float32) or measure_peak_flops(dev, torch.float32)
     flops_per_step = GPT(config).flops_per_token() * B * T
