@@ -18,9 +18,10 @@ SETTING_TYPES = (bool, int, float, str, tuple, list, type(None))
 
 
 def settings_of(namespace: dict) -> dict[str, Any]:
-    """The configurable names of a script: public globals holding plain values."""
+    """The configurable names of a script: public globals holding plain values. UPPER_CASE names are
+    constants (often imported, like EOT_ID), not settings."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith("_") and isinstance(v, SETTING_TYPES)}
+            if not k.startswith("_") and not k.isupper() and isinstance(v, SETTING_TYPES)}
 
 
 def configure(namespace: dict, argv: list[str] | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from errors import UserError
 
 def settings() -> dict:
     return {"batch_size": 12, "learning_rate": 6e-4, "compile": False, "dataset": "mini", "seed": None,
-            "betas": (0.9, 0.95), "__doc__": "A demo.", "_private": 1}
+            "betas": (0.9, 0.95), "__doc__": "A demo.", "_private": 1, "EOT_ID": 50256}
 
 
 def test_overrides_of_each_type():
@@ -22,6 +22,8 @@ def test_overrides_of_each_type():
     assert final == {"batch_size": 4, "learning_rate": 1e-3, "compile": True, "dataset": "phi", "seed": 7,
                      "betas": (0.8, 0.9)}
     assert ns["batch_size"] == 4 and ns["_private"] == 1
+    with pytest.raises(UserError, match="unknown setting 'EOT_ID'"):  # constants are not settings
+        configure(settings(), ["--EOT_ID=3"])
 
 
 def test_friendly_forms():
