@@ -37,6 +37,61 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
 
 
+class FusedHeadLoss(torch.autograd.Function):
+    """LM head + mean cross-entropy for training, the softmax a chunk of rows at a time, gradients included.
+
+    The (tokens x vocab) logits are the largest tensors of a training step (2048 x 50304 at the CPU bench
+    shape: 400 MB in fp32); the plain path makes several full passes over them (the fp32 copy, log_softmax,
+    the zero-filled gradient, log_softmax's backward, the bf16 copy of the gradient). Here each chunk's logits
+    exist only while that chunk is processed and go through one fused softmax kernel; since the loss is a
+    scalar, the gradient (softmax - one-hot) is formed right away in the forward, so backward has nothing to
+    recompute and only scales the saved gradients by grad_output. Only the bf16 logit gradients of all rows
+    are kept, for two large matmuls (into x's and the weight's gradients), which run faster than per chunk.
+    Measured on a 2-core AVX-512/AMX CPU: training steps 10-25 % faster than the plain path, noisy.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        # matmuls in autocast's dtype when autocast is on (bf16 on CPUs that have it), else in x's dtype;
+        # the softmax in fp32 either way
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        xc, wc = x.to(dtype), weight.to(dtype)
+        valid = (targets != -1).unsqueeze(1)
+        safe_targets = targets.clamp(min=0).unsqueeze(1)
+        row_losses = torch.empty(x.size(0), 1, dtype=torch.float32, device=x.device)
+        # gradient of the summed loss; 1/n_valid is applied in backward. Rows of ignored targets hold a
+        # meaningless gradient: their rows of grad_x and of x (for the weight's gradient) are zeroed instead,
+        # a pass over (tokens x width) rather than (tokens x vocab)
+        grad_logits = torch.empty(x.size(0), weight.size(0), dtype=dtype, device=x.device)
+        for i in range(0, x.size(0), chunk):
+            rows, t = slice(i, i + chunk), safe_targets[i:i + chunk]
+            logits = xc[rows] @ wc.t()
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            p_target = probs.gather(1, t)
+            row_losses[rows] = -p_target.log()
+            if not torch.isfinite(row_losses[rows]).all():  # p underflowed to 0: target 88+ nats below the best
+                exact = torch.logsumexp(logits.float(), -1, keepdim=True) - logits.gather(1, t).float()
+                row_losses[rows] = torch.where(torch.isfinite(row_losses[rows]), row_losses[rows], exact)
+            probs.scatter_add_(1, t, torch.full_like(p_target, -1.0))  # softmax - one-hot
+            grad_logits[rows] = probs
+        n_valid = valid.sum().clamp(min=1)
+        grad_x = (grad_logits @ wc) * valid
+        ctx.save_for_backward(grad_x, (grad_logits.t() @ (xc * valid)).float(), n_valid)
+        ctx.x_dtype = x.dtype
+        return (row_losses * valid).sum() / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        grad_x, grad_w, n_valid = ctx.saved_tensors
+        scale = grad_output / n_valid
+        return (grad_x * scale).to(ctx.x_dtype), grad_w * scale, None, None
+
+
+def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), never materializing all the logits."""
+    return FusedHeadLoss.apply(x, weight, targets, chunk)
+
+
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated to `max_len` positions."""
 
@@ -153,6 +208,9 @@ class GPT(nn.Module):
                 all_logits: bool = False, reduction: str = "mean"):
         """Logits and, given targets (-1 = ignore), the cross-entropy loss.
 
+        A CPU training step under autocast (train mode, grad enabled, targets, mean loss) returns None for the
+        logits: its head and loss are fused and never form them.
+
         Without targets only the last position's logits are computed (all of them with all_logits=True),
         which is all that generation needs. With a kv_cache, idx continues the cached sequence.
         reduction='none' returns the per-token loss, shaped like targets.
@@ -171,6 +229,12 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.transformer.ln_f(x)
+        if targets is not None and reduction == "mean" and self.training and torch.is_grad_enabled() \
+                and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # mixed-precision CPU training step: the head and loss fused by chunks (FusedHeadLoss); the full
+            # logits are never formed, so None is returned for them. Elsewhere the plain path below: on GPUs
+            # torch.compile fuses it, and fp32 CPU training (bench.py's baseline) stays plain PyTorch.
+            return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
