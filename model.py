@@ -501,14 +501,18 @@ def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float |
     return None
 
 
-def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Achievable matmul FLOP/s on this device and dtype: the best of several n x n x n products.
-    The honest denominator for MFU where no data-sheet peak applies (a CPU)."""
+def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10,
+                       min_seconds: float = 0.5) -> float:
+    """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
+    The honest denominator for MFU where no data-sheet peak applies (a CPU). It keeps multiplying for at
+    least min_seconds, so a moment of contention (another process, a CPU clocking up) cannot set the peak."""
     device = torch.device(device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(repeats + 1):  # the first product warms up caches and kernels
+    a @ b  # warm up caches and kernels
+    started, done = time.perf_counter(), 0
+    while done < repeats or time.perf_counter() - started < min_seconds:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -516,4 +520,5 @@ def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
+        done += 1
     return 2 * n ** 3 / best
