@@ -24,25 +24,11 @@ from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 FILE_PREFIX = "FILE:"
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 weights are a win."""
-    return bool({"avx512_bf16", "amx_bf16"} & hardware.cpu_flags())
-
-
 def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """The dtype the weights are cast to for decoding. 'auto' picks bf16 on GPUs that support it and on
-    CPUs with native bf16 (half the bytes to read per token; bench_sample.py checks the log-probs hold),
-    and fp32 elsewhere, where bf16 would be emulated and slower."""
-    if name == "auto":
-        device_type = torch.device(device).type
-        if device_type == "cuda":  # GPUs before compute capability 8.0 emulate bf16
-            return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-        if device_type == "cpu" and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if name not in hardware.DTYPES:
-        raise UserError(f"--dtype={name} is not one of auto, {', '.join(hardware.DTYPES)}")
-    return hardware.DTYPES[name]
+    """The dtype the weights are cast to for decoding: training's choice (hardware.pick_dtype). 'auto' is
+    bf16 on GPUs and CPUs with native bf16 (half the bytes to read per token; bench_sample.py checks the
+    log-probs hold), fp16 on older GPUs, and fp32 elsewhere, where bf16 would be emulated and slower."""
+    return hardware.DTYPES[hardware.pick_dtype(device, name)[0]]
 
 
 def use_idle_cores() -> int:
@@ -54,9 +40,8 @@ def use_idle_cores() -> int:
     it: on a 2-core machine busy with training, a small model decoded at 5 tokens/s with 2 threads and at
     350 with 1."""
     if "OMP_NUM_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        torch.set_num_threads(max(1, cores - busy))
+        torch.set_num_threads(max(1, hardware.cpu_cores() - busy))
     return torch.get_num_threads()
 
 

@@ -46,6 +46,16 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_has_native_bf16() -> set[str]:
+    """The bf16 instructions this CPU has (AVX512-BF16, AMX, Arm's BF16); empty if none."""
+    return cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def pick_dtype(device: str, dtype: str) -> tuple[str, str]:
     """The training dtype for `device` and why: (name, reason). 'auto' chooses as the module docstring says."""
     kind = torch.device(device).type
@@ -59,7 +69,7 @@ def pick_dtype(device: str, dtype: str) -> tuple[str, str]:
             return "bfloat16", f"GPU compute capability {major}.{minor} has native bf16"
         return "float16", f"GPU compute capability {major}.{minor} emulates bf16; fp16 with a GradScaler instead"
     if kind == "cpu":
-        native = cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}
+        native = cpu_has_native_bf16()
         if native:
             return "bfloat16", f"CPU has bf16 instructions ({', '.join(sorted(native))})"
         return "float32", "CPU has no bf16 instructions"
@@ -101,8 +111,7 @@ def keep_freed_memory_on_cpu() -> None:
 
 def set_cpu_threads(local_world_size: int) -> None:
     """Share the cores between the processes of a CPU run (torchrun starts one per rank)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // local_world_size))
+    torch.set_num_threads(max(1, cpu_cores() // local_world_size))
 
 
 @contextlib.contextmanager

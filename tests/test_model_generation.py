@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import engine
+import hardware
 from fixtures_inference import tiny_model  # noqa: F401
 from model import GPT
 
@@ -34,7 +35,7 @@ def test_decoding_past_the_context_slides_the_window(tiny_model):
     assert out.shape == (1, idx.size(1) + 100)
 
 
-@pytest.mark.skipif(not engine.cpu_has_fast_bf16(), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not bool(hardware.cpu_has_native_bf16()), reason="this CPU has no native bf16")
 def test_packed_bf16_matches_plain_bf16(tiny_hf_dir):
     plain = GPT.from_pretrained(tiny_hf_dir).eval().to(torch.bfloat16)
     packed = engine.load_for_inference(tiny_hf_dir, "", "cpu", "auto")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import engine
+import hardware
 import sample
 from errors import UserError
 from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
@@ -118,7 +119,7 @@ def test_stream_decodes_characters_split_over_tokens(tiny_model, monkeypatch):
 
 def test_dtype_choice():
     assert engine.resolve_dtype("float32", "cpu") == torch.float32
-    expected = torch.bfloat16 if engine.cpu_has_fast_bf16() else torch.float32
+    expected = torch.bfloat16 if bool(hardware.cpu_has_native_bf16()) else torch.float32
     assert engine.resolve_dtype("auto", "cpu") == expected
     with pytest.raises(UserError):
         engine.resolve_dtype("int3", "cpu")
