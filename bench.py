@@ -104,6 +104,7 @@ def train_bench(shape: dict) -> None:
     torch.manual_seed(seed)
     model = GPT(config).to(dev)
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), torch.device(dev).type)
+    flops_per_step = model.flops_per_token() * B * T
     if use_compile:
         model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
@@ -115,7 +116,6 @@ def train_bench(shape: dict) -> None:
         peak = max(measured_peaks + [measure_peak_flops(dev, ptdtype)])  # before and after: the best is the peak
         peak_source = f"measured {dtype_name} matmul"
     fp32_peak = device_peak_flops(dev, torch.float32) or measure_peak_flops(dev, torch.float32)
-    flops_per_step = GPT(config).flops_per_token() * B * T
     rows = {}
     for name, times in results.items():
         dt = statistics.median(times)
