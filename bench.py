@@ -7,8 +7,9 @@ random tokens, in this one process, for:
      optimizer, and torch.compile where train.py would use it (--compile=False/True forces it off/on).
 Each is a median over `iters` timed steps after `warmup` steps. FLOPs are counted honestly with
 model.flops_per_token() (6 x parameters + attention; the LM head included, no recompute counted), and MFU is
-against the peak this device reaches on a large matmul in the chosen dtype (measured before and after, the
-best kept), or the data-sheet peak on known GPUs. Prints a table, then one JSON line.
+against the peak this device reaches on a large (2048^3) matmul in the chosen dtype (measured before, between
+and after the timed steps, the best kept), or the data-sheet peak on known GPUs. Prints a table, then one JSON
+line.
 
 Default shape on CPU: 6 layers, 6 heads, 384 wide, block 256, batch 8. On a GPU: gpt2-medium (24 layers,
 16 heads, 1024 wide), block 1024, batch 4. Any of them can be set with --key=value.
@@ -48,8 +49,9 @@ CPU_SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8)
 GPU_SHAPE = dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, batch_size=4)
 
 
-def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int) -> list[float]:
-    """Seconds per optimizer step, one per timed step."""
+def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int,
+               between=lambda: None) -> list[float]:
+    """Seconds per optimizer step, one per timed step; `between` runs after each, untimed."""
     def step():
         with ctx:
             _, loss = model(x, y)
@@ -70,6 +72,7 @@ def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: i
         step()
         sync()
         times.append(time.perf_counter() - t0)
+        between()
     return times
 
 
@@ -90,7 +93,11 @@ def train_bench(shape: dict) -> None:
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
           f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
 
+    # The measured peak is the best of short matmul bursts taken before, between and after the timed steps:
+    # on a shared machine a single measurement can fall in a busy moment and inflate the MFU.
     measured_peaks = [] if device_peak_flops(dev, ptdtype) else [measure_peak_flops(dev, ptdtype)]
+    sample_peak = (lambda: measured_peaks.append(measure_peak_flops(dev, ptdtype, repeats=3, min_seconds=0.05))) \
+        if measured_peaks else (lambda: None)
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
         torch.manual_seed(seed)
@@ -108,12 +115,13 @@ def train_bench(shape: dict) -> None:
     if use_compile:
         model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
-    results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters)
+    results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
+                               between=sample_peak)
 
     peak = device_peak_flops(dev, ptdtype)
     peak_source = "data sheet"
     if not peak:
-        peak = max(measured_peaks + [measure_peak_flops(dev, ptdtype)])  # before and after: the best is the peak
+        peak = max(measured_peaks + [measure_peak_flops(dev, ptdtype)])
         peak_source = f"measured {dtype_name} matmul"
     fp32_peak = device_peak_flops(dev, torch.float32) or measure_peak_flops(dev, torch.float32)
     rows = {}

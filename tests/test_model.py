@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from errors import UserError
-from model import GPT, GPTConfig, device_peak_flops, fused_head_loss, measure_peak_flops
+from model import GPT, GPTConfig, device_peak_flops, explicit_causal_attention, fused_head_loss, measure_peak_flops
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +200,18 @@ def test_fused_head_loss_matches_cross_entropy(autocast):
     assert torch.isfinite(fused[0])
     for ours, reference in zip(fused, plain):
         assert torch.allclose(ours, reference, **tol)
+
+
+def test_explicit_attention_matches_flash_attention_with_gradients():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 8, generator=gen, requires_grad=True) for _ in range(3))
+    ours = explicit_causal_attention(q, k, v, dropout=0.0)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    grads = torch.autograd.grad(ours.square().sum(), (q, k, v))
+    reference_grads = torch.autograd.grad(reference.square().sum(), (q, k, v))
+    for g, r in zip(grads, reference_grads):
+        assert torch.allclose(g, r, atol=1e-4)
 
 
 def test_mixed_precision_training_step_on_cpu_uses_fused_loss():
