@@ -3,14 +3,15 @@
 A GPT-2 small shaped model (12 layers, 768 wide; gpt2-medium's 24 x 1024 on a GPU) with random weights is
 built with transformers and saved as a transformers directory; then, in this one process, decoding of
 new_tokens tokens after a prompt_tokens-token prompt (batch_size rows) with top-k sampling is timed for:
-  - ours: sample.py's path (KV cache, weights in the 'auto' decoding dtype) and the same in fp32,
+  - ours: sample.py's path (KV cache, weights in the 'auto' decoding dtype), the same in fp32, and on CPUs
+    the opt-in int8 weights (--dtype=int8),
   - transformers' generate on the same weights (its own KV cache), fp32 as loaded by default, and bf16,
   - recomputing the whole context every step (nanoGPT's way, fp32): too slow to run 256 steps each
     repeat, so it is timed for a few tokens at contexts spread over the run and scaled to new_tokens.
 Runs are interleaved and repeated, and medians reported, so a busy machine slows every contender alike.
 Also reported: the memory-bandwidth floor (bytes of weights read per token / measured bandwidth, for a
 copy as asked and for a plain read, which is what decoding does),
-how far bf16 moves the per-token log-probs from fp32, and the time to first token for a long prompt.
+how far bf16 and int8 move the per-token log-probs from fp32, and the time to first token for a long prompt.
 The last line is the results as JSON.
 """
 
@@ -84,8 +85,12 @@ def memory_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> tup
 
 
 def bytes_per_token(model: GPT) -> int:
-    """Weight bytes one decoding step reads: every parameter except the position table (one row of it)."""
-    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if "wpe" not in name)
+    """Weight bytes one decoding step reads: every parameter except the position table (one row of it),
+    an int8 Linear's weight counted as what it reads (int8 values and their scales)."""
+    int8 = {id(m.weight): m.packed.numel() + m.weight_scale.numel() * m.weight_scale.element_size()
+            for m in model.modules() if isinstance(m, engine.Int8Linear)}
+    return sum(int8.get(id(p), p.numel() * p.element_size()) for name, p in model.named_parameters()
+               if "wpe" not in name)
 
 
 def ours(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool = True) -> torch.Tensor:
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = engine.load_for_inference(directory, "", dev, "float32")
     hf32 = GPT2LMHeadModel.from_pretrained(directory).to(dev).eval()
     hf16 = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.bfloat16).to(dev).eval()
+    int8 = engine.load_for_inference(directory, "", dev, "int8") if engine.can_quantize(dev) else None
     auto_dtype = str(auto.lm_head.weight.dtype).removeprefix("torch.")
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, 50257, (batch_size, prompt_tokens), generator=gen).to(dev)
@@ -150,11 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     contenders = {
         f"ours, KV cache, {auto_dtype} (auto)": lambda: ours(auto, prompt, new_tokens),
         "ours, KV cache, float32": lambda: ours(fp32, prompt, new_tokens),
+        **({"ours, KV cache, int8 (opt-in)": lambda: ours(int8, prompt, new_tokens)} if int8 else {}),
         "transformers generate, float32": lambda: theirs(hf32, prompt, new_tokens),
         "transformers generate, bfloat16": lambda: theirs(hf16, prompt, new_tokens),
     }
     context = ours(fp32, prompt, new_tokens)  # a realistic context for the recompute timings
-    for model in (auto, fp32):  # warm-up: first-call allocations, oneDNN kernel creation
+    for model in (auto, fp32) + ((int8,) if int8 else ()):  # warm-up: first-call allocations, oneDNN kernel creation
         ours(model, prompt, 8)
     for model in (hf32, hf16):
         theirs(model, prompt, 8)
@@ -169,11 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     ttft = {
         f"ours, {auto_dtype} (auto)": statistics.median(timed(lambda: ours(auto, long_prompt, 1)) for _ in range(repeats)),
         "ours, float32": statistics.median(timed(lambda: ours(fp32, long_prompt, 1)) for _ in range(repeats)),
+        **({"ours, int8 (opt-in)": statistics.median(timed(lambda: ours(int8, long_prompt, 1))
+                                                     for _ in range(repeats))} if int8 else {}),
         "transformers, float32": statistics.median(timed(lambda: theirs(hf32, long_prompt, 1)) for _ in range(repeats)),
     }
     copy_bw, read_bw = memory_bandwidth(dev)
     weight_bytes = {f"ours, {auto_dtype} (auto)": bytes_per_token(auto), "ours, float32": bytes_per_token(fp32)}
-    drift = logprob_drift(fp32, auto, context[:1])
+    drift = {auto_dtype: logprob_drift(fp32, auto, context[:1])}
+    if int8:
+        weight_bytes["ours, int8 (opt-in)"] = bytes_per_token(int8)
+        drift["int8"] = logprob_drift(fp32, int8, context[:1])
 
     best = tok_s[f"ours, KV cache, {auto_dtype} (auto)"]
     baseline_hf = tok_s["transformers generate, float32"]
@@ -193,23 +205,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:24s} {nbytes / 1e6:4.0f} MB/step -> at most {limit['copy']:6.1f} tokens/s by copy, "
               f"{limit['read']:6.1f} by read; reached {decoding:6.1f} "
               f"({100 * decoding / limit['copy']:.0f}% / {100 * decoding / limit['read']:.0f}%)")
-    print(f"\nlog-probs of {auto_dtype} vs float32 over {context.size(1) - 1} tokens: max |diff| "
-          f"{drift['max_abs_logprob_diff']:.4f}, mean {drift['mean_abs_logprob_diff']:.4f}, "
-          f"top-1 agreement {100 * drift['top1_agreement']:.1f}%")
+    for name, d in drift.items():
+        print(f"\nlog-probs of {name} vs float32 over {context.size(1) - 1} tokens: max |diff| "
+              f"{d['max_abs_logprob_diff']:.4f}, mean {d['mean_abs_logprob_diff']:.4f}, "
+              f"top-1 agreement {100 * d['top1_agreement']:.1f}%")
     print(f"\ntime to first token, {ttft_prompt_tokens}-token prompt:")
     for name, t in ttft.items():
         print(f"  {name:30s} {1000 * t:7.0f} ms")
     print(f"\nspeedup vs transformers generate (fp32): {best / baseline_hf:.2f}x (target >= 1.5x); "
           f"vs recompute: {best / baseline_recompute:.1f}x (target >= 10x)")
+    if int8:
+        fastest = tok_s["ours, KV cache, int8 (opt-in)"]
+        print(f"int8 (opt-in): {fastest / baseline_hf:.2f}x transformers, {fastest / baseline_recompute:.1f}x recompute")
     print(json.dumps({
         "model": f"{n_layer}x{n_embd}", "device": where, "batch_size": batch_size, "auto_dtype": auto_dtype,
         "tokens_per_s": {k: round(v, 2) for k, v in tok_s.items()},
         "speedup_vs_transformers": round(best / baseline_hf, 3),
         "speedup_vs_recompute": round(best / baseline_recompute, 2),
+        **({"int8_speedup_vs_transformers": round(tok_s["ours, KV cache, int8 (opt-in)"] / baseline_hf, 3),
+            "int8_speedup_vs_recompute": round(tok_s["ours, KV cache, int8 (opt-in)"] / baseline_recompute, 2)}
+           if int8 else {}),
         "copy_bandwidth_gb_s": round(copy_bw / 1e9, 2), "read_bandwidth_gb_s": round(read_bw / 1e9, 2),
         "bandwidth_floor_tokens_per_s": {k: {m: round(v, 1) for m, v in f.items()} for k, f in floor.items()},
         "ttft_ms": {k: round(1000 * v, 1) for k, v in ttft.items()},
-        "logprob_drift": {k: round(v, 5) for k, v in drift.items()},
+        "logprob_drift": {name: {k: round(v, 5) for k, v in d.items()} for name, d in drift.items()},
     }))
 
 

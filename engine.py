@@ -4,6 +4,7 @@
 - load a model for decoding (from a checkpoint, a GPT-2 name or a transformers directory, always safely),
 - read and encode prompts (`FILE:path`, the `<eot>` marker), keeping the last tokens when one is too long,
 - on CPUs with native bf16, repack the weights once so that decoding streams them at memory speed,
+- or, opt-in (dtype='int8'), quantize them to int8 for half the bytes per token,
 - stream a continuation as text, token by token, ending at end-of-text.
 """
 
@@ -47,8 +48,15 @@ def use_idle_cores() -> int:
 
 def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",
                        compile: bool = False) -> GPT:
-    """The model in eval mode on its device, weights cast to the decoding dtype, optionally compiled."""
+    """The model in eval mode on its device, weights cast to the decoding dtype (or quantized, for
+    dtype='int8'), optionally compiled."""
     device = hardware.pick_device(device)
+    if dtype == "int8":
+        if not can_quantize(device) or compile:
+            raise UserError("dtype=int8 is for CPU decoding without --compile (oneDNN's int8 kernels); "
+                            "use auto, bfloat16 or float32 here")
+        model, _ = load_model(init_from, out_dir, device)
+        return quantize_for_decoding(model.float())
     model, _ = load_model(init_from, out_dir, device)
     model = model.to(resolve_dtype(dtype, device))
     if compile:  # inductor cannot lower the prepacked op; it lays weights out itself
@@ -92,6 +100,51 @@ def pack_for_decoding(model: GPT) -> GPT:
         for name, child in module.named_children():
             if type(child) is nn.Linear:
                 setattr(module, name, PackedLinear(child))
+    return model
+
+
+class Int8Linear(nn.Module):
+    """A frozen nn.Linear run by oneDNN's int8 kernels (AVX512-VNNI / AMX): decoding's opt-in dtype='int8'.
+
+    Weights are int8 with one scale per output row, quantized once; each call quantizes its input to int8
+    with one scale for the whole input (for a decoding step: one token). Half of bf16's bytes per token,
+    so on a CPU, where decoding speed is memory bandwidth, about 1.6x bf16's tokens/s; the price is
+    precision, which bench_sample.py measures as per-token log-prob drift against fp32 (several times
+    bf16's). The fp32 parameter stays, as in PackedLinear, so names and the tied embedding are unchanged.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        quantized = torch.round(weight / scale.unsqueeze(1)).to(torch.int8)
+        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(quantized, None), persistent=False)
+        self.register_buffer("weight_scale", scale, persistent=False)
+        self.register_buffer("weight_zero", torch.zeros(weight.size(0), dtype=torch.long), persistent=False)
+        self.register_buffer("input_zero", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))
+        scale = flat.abs().amax().clamp(min=1e-12) / 127
+        quantized = torch.round(flat / scale).to(torch.int8)
+        out = torch.ops.onednn.qlinear_pointwise.tensor(quantized, scale, self.input_zero, self.packed,
+                                                        self.weight_scale, self.weight_zero, self.bias, 1.0, 0,
+                                                        torch.float32, "none", [], "")
+        return out.view(*x.shape[:-1], out.size(-1))
+
+
+def can_quantize(device: str) -> bool:
+    return (torch.device(device).type == "cpu" and hasattr(torch.ops.onednn, "qlinear_pointwise")
+            and torch.backends.mkldnn.is_available())
+
+
+def quantize_for_decoding(model: GPT) -> GPT:
+    """Swap every Linear of an fp32 model in eval mode for an Int8Linear (decoding only)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, Int8Linear(child))
     return model
 
 

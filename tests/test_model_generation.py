@@ -6,6 +6,7 @@ import torch
 import engine
 import hardware
 from fixtures_inference import tiny_model  # noqa: F401
+from errors import UserError
 from model import GPT
 
 
@@ -57,3 +58,21 @@ def test_training_mode_or_fp32_is_left_alone(tiny_hf_dir):
     model = GPT.from_pretrained(tiny_hf_dir).eval()
     assert not engine.can_pack(engine.pack_for_decoding(model))
     assert type(model.lm_head) is torch.nn.Linear
+
+
+@pytest.mark.skipif(not engine.can_quantize("cpu"), reason="this torch build has no oneDNN int8 linear")
+def test_int8_decoding_stays_close_to_fp32(tiny_hf_dir):
+    int8 = engine.load_for_inference(tiny_hf_dir, "", "cpu", "int8")
+    assert isinstance(int8.lm_head, engine.Int8Linear) and int8.lm_head.weight is int8.transformer.wte.weight
+    idx = torch.tensor([engine.encode("[Math] 12+30=42 7+8=")])
+    with torch.inference_mode():
+        reference = GPT.from_pretrained(tiny_hf_dir).eval()(idx, all_logits=True)[0].log_softmax(-1)
+        logprobs = int8(idx, all_logits=True)[0].log_softmax(-1)
+    assert (logprobs - reference).abs().max() < 0.1  # int8 rounding: coarser than bf16, still small
+    cached = int8.generate(idx, 10, temperature=0)
+    assert cached.shape == (1, idx.size(1) + 10)
+
+
+def test_int8_off_the_cpu_or_compiled_is_refused(tiny_hf_dir):
+    with pytest.raises(UserError, match="dtype=int8"):
+        engine.load_for_inference(tiny_hf_dir, "", "cpu", "int8", compile=True)
