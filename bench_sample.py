@@ -85,12 +85,14 @@ def memory_bandwidth(device: str, megabytes: int = 512, repeats: int = 5) -> tup
 
 
 def bytes_per_token(model: GPT) -> int:
-    """Weight bytes one decoding step reads: every parameter except the position table (one row of it),
-    an int8 Linear's weight counted as what it reads (int8 values and their scales)."""
-    int8 = {id(m.weight): m.packed.numel() + m.weight_scale.numel() * m.weight_scale.element_size()
-            for m in model.modules() if isinstance(m, engine.Int8Linear)}
-    return sum(int8.get(id(p), p.numel() * p.element_size()) for name, p in model.named_parameters()
-               if "wpe" not in name)
+    """Weight bytes one decoding step reads: every parameter but the position table (one row of it), the
+    tied token embedding counted as the LM head; an Int8Linear's weight counted as it is stored (int8
+    values and their scales), and then the fp32 embedding only as a table (one row)."""
+    int8 = [m for m in model.modules() if isinstance(m, engine.Int8Linear)]
+    quantized = sum(m.packed.numel() * m.packed.element_size() + m.weight_scale.numel() * m.weight_scale.element_size()
+                    for m in int8)
+    skip = {"transformer.wpe.weight"} | ({"transformer.wte.weight"} if int8 else set())
+    return quantized + sum(p.numel() * p.element_size() for name, p in model.named_parameters() if name not in skip)
 
 
 def ours(model: GPT, prompt: torch.Tensor, n: int, use_cache: bool = True) -> torch.Tensor:
@@ -153,15 +155,17 @@ def main(argv: list[str] | None = None) -> None:
           f"top_k={top_k}; {where}, load average {os.getloadavg()[0]:.1f}; "
           f"ours 'auto' = {auto_dtype}{' (oneDNN-packed)' if engine.can_pack(auto) else ''}")
 
+    ours_models = {f"{auto_dtype} (auto)": auto, "float32": fp32}  # ours, by decoding dtype
+    if int8 is not None:
+        ours_models["int8 (opt-in)"] = int8
     contenders = {
-        f"ours, KV cache, {auto_dtype} (auto)": lambda: ours(auto, prompt, new_tokens),
-        "ours, KV cache, float32": lambda: ours(fp32, prompt, new_tokens),
-        **({"ours, KV cache, int8 (opt-in)": lambda: ours(int8, prompt, new_tokens)} if int8 else {}),
+        **{f"ours, KV cache, {name}": (lambda m=model: ours(m, prompt, new_tokens))
+           for name, model in ours_models.items()},
         "transformers generate, float32": lambda: theirs(hf32, prompt, new_tokens),
         "transformers generate, bfloat16": lambda: theirs(hf16, prompt, new_tokens),
     }
     context = ours(fp32, prompt, new_tokens)  # a realistic context for the recompute timings
-    for model in (auto, fp32) + ((int8,) if int8 else ()):  # warm-up: first-call allocations, oneDNN kernel creation
+    for model in ours_models.values():  # warm-up: first-call allocations, oneDNN kernel creation
         ours(model, prompt, 8)
     for model in (hf32, hf16):
         theirs(model, prompt, 8)
@@ -173,19 +177,15 @@ def main(argv: list[str] | None = None) -> None:
         seconds["recompute every step (nanoGPT), float32"].append(recompute_seconds(fp32, context))
     tok_s = {name: batch_size * new_tokens / statistics.median(s) for name, s in seconds.items()}
 
-    ttft = {
-        f"ours, {auto_dtype} (auto)": statistics.median(timed(lambda: ours(auto, long_prompt, 1)) for _ in range(repeats)),
-        "ours, float32": statistics.median(timed(lambda: ours(fp32, long_prompt, 1)) for _ in range(repeats)),
-        **({"ours, int8 (opt-in)": statistics.median(timed(lambda: ours(int8, long_prompt, 1))
-                                                     for _ in range(repeats))} if int8 else {}),
-        "transformers, float32": statistics.median(timed(lambda: theirs(hf32, long_prompt, 1)) for _ in range(repeats)),
-    }
+    def first_token_seconds(fn) -> float:
+        return statistics.median(timed(fn) for _ in range(repeats))
+
+    ttft = {f"ours, {name}": first_token_seconds(lambda m=model: ours(m, long_prompt, 1))
+            for name, model in ours_models.items()}
+    ttft["transformers, float32"] = first_token_seconds(lambda: theirs(hf32, long_prompt, 1))
     copy_bw, read_bw = memory_bandwidth(dev)
-    weight_bytes = {f"ours, {auto_dtype} (auto)": bytes_per_token(auto), "ours, float32": bytes_per_token(fp32)}
-    drift = {auto_dtype: logprob_drift(fp32, auto, context[:1])}
-    if int8:
-        weight_bytes["ours, int8 (opt-in)"] = bytes_per_token(int8)
-        drift["int8"] = logprob_drift(fp32, int8, context[:1])
+    weight_bytes = {f"ours, {name}": bytes_per_token(model) for name, model in ours_models.items()}
+    drift = {name: logprob_drift(fp32, model, context[:1]) for name, model in ours_models.items() if model is not fp32}
 
     best = tok_s[f"ours, KV cache, {auto_dtype} (auto)"]
     baseline_hf = tok_s["transformers generate, float32"]
@@ -214,17 +214,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name:30s} {1000 * t:7.0f} ms")
     print(f"\nspeedup vs transformers generate (fp32): {best / baseline_hf:.2f}x (target >= 1.5x); "
           f"vs recompute: {best / baseline_recompute:.1f}x (target >= 10x)")
-    if int8:
-        fastest = tok_s["ours, KV cache, int8 (opt-in)"]
-        print(f"int8 (opt-in): {fastest / baseline_hf:.2f}x transformers, {fastest / baseline_recompute:.1f}x recompute")
+    int8_rate = tok_s.get("ours, KV cache, int8 (opt-in)")
+    if int8_rate:
+        print(f"int8 (opt-in): {int8_rate / baseline_hf:.2f}x transformers, "
+              f"{int8_rate / baseline_recompute:.1f}x recompute")
     print(json.dumps({
         "model": f"{n_layer}x{n_embd}", "device": where, "batch_size": batch_size, "auto_dtype": auto_dtype,
         "tokens_per_s": {k: round(v, 2) for k, v in tok_s.items()},
         "speedup_vs_transformers": round(best / baseline_hf, 3),
         "speedup_vs_recompute": round(best / baseline_recompute, 2),
-        **({"int8_speedup_vs_transformers": round(tok_s["ours, KV cache, int8 (opt-in)"] / baseline_hf, 3),
-            "int8_speedup_vs_recompute": round(tok_s["ours, KV cache, int8 (opt-in)"] / baseline_recompute, 2)}
-           if int8 else {}),
+        **({"int8_speedup_vs_transformers": round(int8_rate / baseline_hf, 3),
+            "int8_speedup_vs_recompute": round(int8_rate / baseline_recompute, 2)} if int8_rate else {}),
         "copy_bandwidth_gb_s": round(copy_bw / 1e9, 2), "read_bandwidth_gb_s": round(read_bw / 1e9, 2),
         "bandwidth_floor_tokens_per_s": {k: {m: round(v, 1) for m, v in f.items()} for k, f in floor.items()},
         "ttft_ms": {k: round(1000 * v, 1) for k, v in ttft.items()},

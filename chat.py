@@ -34,7 +34,7 @@ top_p = 1.0  # 1.0 = off
 repetition_penalty = 1.0  # 1.0 = off
 seed = -1  # >= 0 makes the chat reproducible; -1 = different answers every run
 device = "auto"  # 'auto', 'cpu', 'cuda', 'mps'
-dtype = "auto"  # 'auto', 'float32', 'bfloat16', 'float16', or 'int8' (CPU: faster, less precise)
+dtype = "auto"  # 'auto', 'float32', 'bfloat16', 'float16', or 'int8' (as in sample.py)
 compile = False
 # -----------------------------------------------------------------------------
 

@@ -51,13 +51,17 @@ def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype
     """The model in eval mode on its device, weights cast to the decoding dtype (or quantized, for
     dtype='int8'), optionally compiled."""
     device = hardware.pick_device(device)
-    if dtype == "int8":
-        if not can_quantize(device) or compile:
-            raise UserError("dtype=int8 is for CPU decoding without --compile (oneDNN's int8 kernels); "
-                            "use auto, bfloat16 or float32 here")
-        model, _ = load_model(init_from, out_dir, device)
-        return quantize_for_decoding(model.float())
+    if dtype == "int8" and (compile or not can_quantize(device)):
+        raise UserError("dtype=int8 is for CPU decoding without --compile (oneDNN's int8 kernels); "
+                        "use auto, bfloat16 or float32 here")
     model, _ = load_model(init_from, out_dir, device)
+    if dtype == "int8":
+        embedding = model.transformer.wte.weight
+        swap_linears(model.float(), Int8Linear)
+        # the head's fp32 weight is the token embedding's too (tied), which decoding still reads; the
+        # other fp32 weights are freed
+        model.lm_head.weight = embedding
+        return model
     model = model.to(resolve_dtype(dtype, device))
     if compile:  # inductor cannot lower the prepacked op; it lays weights out itself
         model.compile(dynamic=True)  # one graph for every context length instead of one per length
@@ -94,58 +98,57 @@ def can_pack(model: GPT) -> bool:
 def pack_for_decoding(model: GPT) -> GPT:
     """Swap every Linear of a bf16 model in eval mode on a bf16-capable CPU for a PackedLinear
     (a no-op anywhere else). Decoding only: the packed weights do not train."""
-    if not can_pack(model):
-        return model
+    return swap_linears(model, PackedLinear) if can_pack(model) else model
+
+
+def swap_linears(model: GPT, replacement) -> GPT:
+    """Replace every nn.Linear of model by replacement(linear), in place; return model."""
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is nn.Linear:
-                setattr(module, name, PackedLinear(child))
+                setattr(module, name, replacement(child))
     return model
 
 
 class Int8Linear(nn.Module):
     """A frozen nn.Linear run by oneDNN's int8 kernels (AVX512-VNNI / AMX): decoding's opt-in dtype='int8'.
 
-    Weights are int8 with one scale per output row, quantized once; each call quantizes its input to int8
-    with one scale for the whole input (for a decoding step: one token). Half of bf16's bytes per token,
-    so on a CPU, where decoding speed is memory bandwidth, about 1.6x bf16's tokens/s; the price is
-    precision, which bench_sample.py measures as per-token log-prob drift against fp32 (several times
-    bf16's). The fp32 parameter stays, as in PackedLinear, so names and the tied embedding are unchanged.
+    Weights are int8 with one scale per output row, quantized once; each call quantizes every input row
+    (token) to int8 with its own scale, so a row's result never depends on the rows beside it (batch
+    mates, the rest of a prompt). Half of bf16's bytes per token, and on a CPU decoding speed is memory
+    bandwidth; the price is precision, which bench_sample.py measures as per-token log-prob drift against
+    fp32 beside bf16's. The fp32 weight is not kept (see load_for_inference).
     """
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
+        self.bias = linear.bias
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         quantized = torch.round(weight / scale.unsqueeze(1)).to(torch.int8)
         self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(quantized, None), persistent=False)
         self.register_buffer("weight_scale", scale, persistent=False)
         self.register_buffer("weight_zero", torch.zeros(weight.size(0), dtype=torch.long), persistent=False)
-        self.register_buffer("input_zero", torch.zeros((), dtype=torch.long), persistent=False)
+        # the kernel's own input scale and zero point stay 1 and 0: the per-row scales are applied after it
+        self.register_buffer("unit", torch.ones(()), persistent=False)
+        self.register_buffer("zero", torch.zeros((), dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.size(-1))
-        scale = flat.abs().amax().clamp(min=1e-12) / 127
-        quantized = torch.round(flat / scale).to(torch.int8)
-        out = torch.ops.onednn.qlinear_pointwise.tensor(quantized, scale, self.input_zero, self.packed,
-                                                        self.weight_scale, self.weight_zero, self.bias, 1.0, 0,
+        rows = x.reshape(-1, x.size(-1))
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
+        quantized = (rows / scale).round_().to(torch.int8)
+        out = torch.ops.onednn.qlinear_pointwise.tensor(quantized, self.unit, self.zero, self.packed,
+                                                        self.weight_scale, self.weight_zero, None, 1.0, 0,
                                                         torch.float32, "none", [], "")
+        out = out * scale if self.bias is None else torch.addcmul(self.bias, out, scale)
         return out.view(*x.shape[:-1], out.size(-1))
 
 
 def can_quantize(device: str) -> bool:
+    """Whether this torch has oneDNN's int8 linear for device (CPU only). It does not check that the CPU
+    has VNNI or AMX; without them int8 decoding may be slower than fp32."""
     return (torch.device(device).type == "cpu" and hasattr(torch.ops.onednn, "qlinear_pointwise")
             and torch.backends.mkldnn.is_available())
-
-
-def quantize_for_decoding(model: GPT) -> GPT:
-    """Swap every Linear of an fp32 model in eval mode for an Int8Linear (decoding only)."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) is nn.Linear:
-                setattr(module, name, Int8Linear(child))
-    return model
 
 
 # ---- prompts ---------------------------------------------------------------------------------------------

@@ -45,19 +45,20 @@ class FusedHeadLoss(torch.autograd.Function):
     shape: 206 MB in bf16), and on a CPU every pass over them costs about as much as the matmul that makes
     them. The plain path makes many (an fp32 copy, log_softmax, a zero-filled gradient, log_softmax's
     backward, a bf16 copy of the gradient). Here:
-      - one bf16 matmul writes all the logits into one buffer (one call: oneDNN re-lays the weight out per
-        call, so per-chunk calls cost more);
-      - the softmax runs in place on that buffer, a chunk of rows at a time (fp32 arithmetic inside,
-        bf16 stored: the same rounding the logits had), and the target entries become p - 1, which is
-        the gradient of the summed loss. The loss is -log p of the target;
+      - one bf16 matmul writes all the logits into one buffer (one call: oneDNN re-lays the weight out on
+        every call, so per-chunk calls cost more);
+      - the softmax runs in place on that buffer (fp32 arithmetic inside, bf16 stored); then one pass sums
+        each row's non-target probabilities. That sum, 1 - p_target, is exact to bf16's relative precision
+        even for a confident prediction, where p_target itself rounds to 1 in bf16: it gives the target's
+        gradient entry (p - 1) and, for p > 0.5, the loss -log(p) = -log1p(-(1 - p));
       - backward multiplies that buffer into x's and the weight's gradients, the 1/n and grad_output
-        scaling applied to the small (tokens x width) operand rather than to the large results.
-    Measured on a 2-core AVX-512/AMX CPU (bench.py shape): the head about 1.5x faster than the chunked
-    softmax it replaced, and 2x faster than the plain path.
+        scaling applied only to (tokens x width) tensors.
+    Measured on a 2-core AVX-512/AMX CPU at the bench.py shape: forward + backward of the head about 1.3x
+    faster than the chunked fp32 softmax it replaced (medians of 12 interleaved runs).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # matmuls in autocast's dtype when autocast is on (bf16 on CPUs that have it), else in x's dtype
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         xc, wc = x.to(dtype), weight.to(dtype)
@@ -65,36 +66,38 @@ class FusedHeadLoss(torch.autograd.Function):
         safe_targets = targets.clamp(min=0)
         rows = torch.arange(x.size(0), device=x.device)
         grad_logits = xc @ wc.t()
-        target_probs = torch.empty(x.size(0), dtype=dtype, device=x.device)
-        for i in range(0, x.size(0), chunk):
-            part = grad_logits[i:i + chunk]
-            torch.softmax(part, dim=-1, out=part)  # row by row, so in place is safe
-            target_probs[i:i + chunk] = part[rows[:part.size(0)], safe_targets[i:i + chunk]]
-        row_losses = -target_probs.float().log()
-        underflow = ~torch.isfinite(row_losses)
+        torch.softmax(grad_logits, dim=-1, out=grad_logits)  # row by row, so in place is safe
+        p_target = grad_logits[rows, safe_targets].float()
+        grad_logits[rows, safe_targets] = 0
+        others = grad_logits.sum(dim=-1).float()  # 1 - p_target (bf16 sums accumulate in fp32)
+        row_losses = torch.where(p_target > 0.5, -torch.log1p(-others), -p_target.log())
+        underflow = ~torch.isfinite(row_losses) & valid
         if underflow.any():  # a target 88+ nats below the best: its loss from logsumexp of recomputed logits
             logits = (xc[underflow] @ wc.t()).float()
             exact = torch.logsumexp(logits, -1) - logits.gather(1, safe_targets[underflow].unsqueeze(1)).squeeze(1)
             row_losses[underflow] = exact
-        grad_logits[rows, safe_targets] = target_probs - 1  # softmax - one-hot
+        grad_logits[rows, safe_targets] = (-others).to(dtype)  # softmax - one-hot, at the targets
         n_valid = valid.sum().clamp(min=1)
         ctx.save_for_backward(grad_logits, xc, wc, valid, n_valid)
         ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
-        return (row_losses * valid).sum() / n_valid
+        return torch.where(valid, row_losses, 0.0).sum() / n_valid
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_logits, xc, wc, valid, n_valid = ctx.saved_tensors
-        # rows of ignored targets hold a meaningless gradient: zeroed through the (tokens x width) operands
+        # rows of ignored targets hold a meaningless gradient: zeroed through the (tokens x width) tensors
         scale = (valid * (grad_output / n_valid)).unsqueeze(1)
-        grad_x = (grad_logits @ wc).float() * scale
-        grad_w = grad_logits.t() @ (xc.float() * scale).to(xc.dtype)
-        return grad_x.to(ctx.x_dtype), grad_w.to(ctx.weight_dtype), None, None
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = ((grad_logits @ wc).float() * scale).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_logits.t() @ (xc.float() * scale).to(xc.dtype)).to(ctx.weight_dtype)
+        return grad_x, grad_w, None
 
 
-def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits."""
-    return FusedHeadLoss.apply(x, weight, targets, chunk)
+    return FusedHeadLoss.apply(x, weight, targets)
 
 
 class KVCache:
@@ -120,10 +123,15 @@ def cpu_mixed_precision_training(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
+# Longest context at which CPU mixed-precision training forms the attention scores explicitly. Measured in
+# bf16 on a 2-core AVX-512/AMX CPU, forward + backward of one layer: batch 8 x 6 heads x 256 tokens, flash
+# 22 ms vs explicit 12 ms; batch 2 x 6 heads x 1024 tokens, flash 39 ms vs explicit 48 ms.
+EXPLICIT_ATTENTION_MAX_T = 512
+
+
 def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Causal attention with the (T x T) scores formed, as nanoGPT's fallback does. For CPU training at short
-    context: there the backward of PyTorch's CPU flash attention is slow (6 heads x 256 tokens in bf16 on a
-    2-core AVX-512/AMX CPU: forward + backward 22 ms, 12 ms this way); beyond ~512 tokens flash wins again."""
+    """Causal attention with the (T x T) scores formed, as nanoGPT's fallback does: for CPU training at short
+    context, where the backward of PyTorch's CPU flash attention is slower (EXPLICIT_ATTENTION_MAX_T)."""
     B, H, T, D = q.size()
     causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
     scores = torch.baddbmm(causal.expand(B * H, T, T), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
@@ -157,7 +165,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if kv_cache is None and T <= 512 and cpu_mixed_precision_training(x):
+        if kv_cache is None and T <= EXPLICIT_ATTENTION_MAX_T and cpu_mixed_precision_training(x):
             y = explicit_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -235,7 +243,7 @@ class GPT(nn.Module):
         """Logits and, given targets (-1 = ignore), the cross-entropy loss.
 
         A CPU training step under autocast (train mode, grad enabled, targets, mean loss) returns None for the
-        logits: its head and loss are fused and never form them.
+        logits: its head and loss are fused, and the logits' buffer becomes their gradient in place.
 
         Without targets only the last position's logits are computed (all of them with all_logits=True),
         which is all that generation needs. With a kv_cache, idx continues the cached sequence.
@@ -256,8 +264,8 @@ class GPT(nn.Module):
             kv_cache.pos += T
         x = self.transformer.ln_f(x)
         if targets is not None and reduction == "mean" and self.training and cpu_mixed_precision_training(x):
-            # mixed-precision CPU training step: the head and loss fused by chunks (FusedHeadLoss); the full
-            # logits are never formed, so None is returned for them. Elsewhere the plain path below: on GPUs
+            # mixed-precision CPU training step: the head and loss fused (FusedHeadLoss), whose logits turn
+            # into their gradient in place, so None is returned for them. Elsewhere the plain path below: on GPUs
             # torch.compile fuses it, and fp32 CPU training (bench.py's baseline) stays plain PyTorch.
             return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         if targets is not None:

@@ -28,7 +28,7 @@ top_p = 1.0  # nucleus sampling; 1.0 = off
 repetition_penalty = 1.0  # > 1 discourages repeating tokens already in the text; 1.0 = off
 seed = 1337
 device = "auto"  # 'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = "auto"  # 'auto' (bf16 where the hardware is fast at it), 'float32', 'bfloat16', 'float16', or 'int8' (CPU: faster, less precise)
+dtype = "auto"  # 'auto' (bf16 where fast), 'float32', 'bfloat16', 'float16', 'int8' (CPU opt-in, less precise)
 compile = False  # torch.compile the model: slow start, faster decoding on GPUs
 # -----------------------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def head_loss_and_grads(fused: bool, x, weight, targets, autocast: bool):
     x, weight = x.clone().requires_grad_(), weight.clone().requires_grad_()
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         if fused:
-            loss = fused_head_loss(x, weight, targets, chunk=16)
+            loss = fused_head_loss(x, weight, targets)
         else:
             loss = torch.nn.functional.cross_entropy((x @ weight.t()).float(), targets, ignore_index=-1)
     (3 * loss).backward()  # a grad_output other than 1
@@ -192,7 +192,7 @@ def test_fused_head_loss_matches_cross_entropy(autocast):
     gen = torch.Generator().manual_seed(0)
     x, weight = torch.randn(40, 24, generator=gen), torch.randn(97, 24, generator=gen)
     targets = torch.randint(0, 97, (40,), generator=gen)
-    targets[[3, 17, 39]] = -1  # ignored, in several chunks
+    targets[[3, 17, 39]] = -1  # ignored
     x[5] *= 100  # a row whose target's probability underflows: the loss there comes from logsumexp
     plain = head_loss_and_grads(False, x, weight, targets, autocast)
     fused = head_loss_and_grads(True, x, weight, targets, autocast)
@@ -200,6 +200,26 @@ def test_fused_head_loss_matches_cross_entropy(autocast):
     assert torch.isfinite(fused[0])
     for ours, reference in zip(fused, plain):
         assert torch.allclose(ours, reference, **tol)
+
+
+def test_fused_head_loss_keeps_the_gradient_of_confident_predictions():
+    # p(target) = 0.999 rounds to 1.0 in bf16; the gradient (p - 1) must not round to 0 with it
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(8, 24, generator=gen, dtype=torch.float64), torch.randn(97, 24, generator=gen, dtype=torch.float64)
+    targets = torch.randint(0, 97, (8,), generator=gen)
+    direction = weight[targets[0]] / weight[targets[0]].norm()
+    low, high = 0.0, 100.0
+    for _ in range(60):  # scale x[0] along its target's row until p(target) = 0.999
+        x[0] = (low + high) / 2 * direction
+        p = (x[0] @ weight.t()).softmax(-1)[targets[0]]
+        low, high = (x[0].norm().item(), high) if p < 0.999 else (low, x[0].norm().item())
+    _, reference_grad_x, reference_grad_w = head_loss_and_grads(False, x, weight, targets, autocast=False)
+    _, grad_x, grad_w = head_loss_and_grads(True, x.float(), weight.float(), targets, autocast=True)
+    relative = (grad_x[0].double() - reference_grad_x[0]).norm() / reference_grad_x[0].norm()
+    assert relative < 0.05
+    target_row = targets[0]
+    relative_w = (grad_w[target_row].double() - reference_grad_w[target_row]).norm() / reference_grad_w[target_row].norm()
+    assert relative_w < 0.05
 
 
 def test_explicit_attention_matches_flash_attention_with_gradients():
@@ -219,7 +239,7 @@ def test_mixed_precision_training_step_on_cpu_uses_fused_loss():
     idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.autocast("cpu", torch.bfloat16):
         logits, loss = model(idx, idx)
-        assert logits is None  # documented: the fused path never forms the logits
+        assert logits is None  # documented: the fused path does not return the logits
         assert model(idx, idx, reduction="none")[1].shape == (2, 32)  # per-token losses: the plain path
         with torch.no_grad():
             full, reference = model(idx, idx)

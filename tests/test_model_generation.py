@@ -69,10 +69,27 @@ def test_int8_decoding_stays_close_to_fp32(tiny_hf_dir):
         reference = GPT.from_pretrained(tiny_hf_dir).eval()(idx, all_logits=True)[0].log_softmax(-1)
         logprobs = int8(idx, all_logits=True)[0].log_softmax(-1)
     assert (logprobs - reference).abs().max() < 0.1  # int8 rounding: coarser than bf16, still small
-    cached = int8.generate(idx, 10, temperature=0)
-    assert cached.shape == (1, idx.size(1) + 10)
+    # each token is quantized on its own, so prefill + cached steps agree with full forwards
+    assert torch.equal(int8.generate(idx, 10, temperature=0), int8.generate(idx, 10, temperature=0, use_cache=False))
 
 
-def test_int8_off_the_cpu_or_compiled_is_refused(tiny_hf_dir):
+@pytest.mark.skipif(not engine.can_quantize("cpu"), reason="this torch build has no oneDNN int8 linear")
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_linear_rows_do_not_affect_each_other(bias):
+    linear = torch.nn.Linear(32, 48, bias=bias)
+    quantized = engine.Int8Linear(linear)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    x[1] *= 50  # a row with outliers must not coarsen its neighbours' quantization
+    with torch.inference_mode():
+        together, alone = quantized(x.unsqueeze(0)), quantized(x[[0]])
+        exact = linear(x)
+    assert torch.equal(together[0, 0], alone[0])
+    assert ((together[0] - exact).abs().amax(1) / exact.abs().amax(1)).max() < 0.05
+
+
+def test_int8_where_it_cannot_run_is_refused(tiny_hf_dir, monkeypatch):
     with pytest.raises(UserError, match="dtype=int8"):
         engine.load_for_inference(tiny_hf_dir, "", "cpu", "int8", compile=True)
+    monkeypatch.setattr(engine, "can_quantize", lambda device: False)  # a GPU, or a torch without oneDNN
+    with pytest.raises(UserError, match="dtype=int8"):
+        engine.load_for_inference(tiny_hf_dir, "", "cpu", "int8")
