@@ -86,7 +86,8 @@ def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the CPU's fused head and attention paths
 def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
-    schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1", f"--dtype={dtype}"]
+    schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1",
+                f"--dtype={dtype}"]
     whole = run_train(tmp_path / "whole", *schedule, "--max_iters=8")
     run_train(tmp_path / "parts", *schedule, "--max_iters=5")
     resumed = run_train(tmp_path / "parts", *schedule, "--max_iters=8", "--init_from=resume")
