@@ -93,11 +93,15 @@ def train_bench(shape: dict) -> None:
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
           f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
 
-    # The measured peak is the best of short matmul bursts taken before, between and after the timed steps:
-    # on a shared machine a single measurement can fall in a busy moment and inflate the MFU.
-    measured_peaks = [] if device_peak_flops(dev, ptdtype) else [measure_peak_flops(dev, ptdtype)]
-    sample_peak = (lambda: measured_peaks.append(measure_peak_flops(dev, ptdtype, repeats=3, min_seconds=0.05))) \
-        if measured_peaks else (lambda: None)
+    # Without a data-sheet peak, the peak is the best of matmul bursts taken before, between and after the
+    # timed steps: on a shared machine a single measurement can fall in a busy moment and inflate the MFU.
+    datasheet_peak = device_peak_flops(dev, ptdtype)
+    measured_peaks = [] if datasheet_peak else [measure_peak_flops(dev, ptdtype)]
+
+    def sample_peak() -> None:
+        if not datasheet_peak:
+            measured_peaks.append(measure_peak_flops(dev, ptdtype, repeats=3, min_seconds=0.05))
+
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
         torch.manual_seed(seed)
@@ -118,8 +122,7 @@ def train_bench(shape: dict) -> None:
     results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
                                between=sample_peak)
 
-    peak = device_peak_flops(dev, ptdtype)
-    peak_source = "data sheet"
+    peak, peak_source = datasheet_peak, "data sheet"
     if not peak:
         peak = max(measured_peaks + [measure_peak_flops(dev, ptdtype)])
         peak_source = f"measured {dtype_name} matmul"
