@@ -80,7 +80,7 @@ def train_bench(shape: dict) -> None:
     dev = hardware.pick_device(device)
     dtype_name, why = hardware.pick_dtype(dev, dtype)
     ptdtype = hardware.DTYPES[dtype_name]
-    use_compile = hardware.compile_pays_off(dev) if compile is None else compile
+    use_compile = hardware.compile_pays_off(dev)[0] if compile is None else compile
     B, T = shape["batch_size"], shape["block_size"]
     config = GPTConfig(block_size=T, vocab_size=vocab_size, n_layer=shape["n_layer"], n_head=shape["n_head"],
                        n_embd=shape["n_embd"], dropout=0.0, bias=True)

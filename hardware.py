@@ -128,6 +128,20 @@ def explain_out_of_memory(batch_size: int, block_size: int):
                         "or --gradient_checkpointing=True") from e
 
 
-def compile_pays_off(device: str) -> bool:
-    """Whether torch.compile speeds training up here: on GPUs, yes."""
-    return torch.device(device).type == "cuda"
+def compile_pays_off(device: str) -> tuple[bool, str]:
+    """Whether torch.compile speeds training up on `device`, and why: (yes or no, reason).
+
+    GPUs: yes. CPUs: yes where inductor can build its C++ kernels, which takes a C++ compiler. It fuses the
+    elementwise work between the matmuls (GELU, LayerNorm, residual adds, casts, dropout), which on a CPU is
+    a large share of a step; the cost is compiling up front (measured figures in README.md, Benchmark).
+    """
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return True, "GPU"
+    if kind != "cpu":
+        return False, f"not measured on {kind}"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return True, f"inductor builds the CPU kernels with {get_cpp_compiler()}"
+    except (ImportError, RuntimeError) as e:  # RuntimeError: torch._inductor.exc.InvalidCxxCompiler
+        return False, f"no C++ compiler for inductor's CPU kernels ({str(e).splitlines()[0]}); install g++ or clang"

@@ -95,6 +95,7 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+@torch.compiler.disable  # already fused by hand; a compiled model runs it eager, between its graphs
 def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits."""
     return FusedHeadLoss.apply(x, weight, targets)
@@ -174,17 +175,38 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+GELU_2C = 2 * math.sqrt(2 / math.pi)  # 2u = GELU_2C * (x + 0.044715 x^3) in gelu_tanh_as_sigmoid
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's activation ("gelu_new": GELU with the tanh approximation; the exact erf GELU differs slightly).
+
+    Inside torch.compile it is written as x * sigmoid(2u), the same function (0.5 * (1 + tanh(u)) equals
+    sigmoid(2u)): inductor's CPU code computes tanh with a slow vectorized routine and sigmoid with its fast
+    exp. Measured in bf16 on 2048 x 1536 (one MLP at the CPU bench shape), forward + backward 4.0 ms against
+    9.9 ms for the tanh form, compiled or eager.
+    """
+    if torch.compiler.is_compiling():
+        return gelu_tanh_as_sigmoid(x)
+    return F.gelu(x, approximate="tanh")
+
+
+def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x * sigmoid(2u)."""
+    two_u = x * (GELU_2C + GELU_2C * 0.044715 * x * x)
+    return x * torch.sigmoid(two_u)
+
+
 class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"; the exact erf GELU differs slightly
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(gelu_tanh(self.c_fc(x))))
 
 
 class Block(nn.Module):

@@ -169,10 +169,13 @@ def main() -> None:
         if master:
             print(f"resuming from {checkpoint_path(out_dir)} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
 
-    if compile and hardware.compile_pays_off(dev):
+    if compile:
+        use_compile, why_compile = hardware.compile_pays_off(dev)
         if master:
-            print("compiling the model (the first iterations are slow)")
-        model = torch.compile(model)
+            print(f"compiling the model ({why_compile}; the first iterations are slow)" if use_compile else
+                  f"not compiling: {why_compile}")
+        if use_compile:
+            model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     ctx = hardware.autocast(dev, dtype_name)

@@ -7,7 +7,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from errors import UserError
-from model import GPT, GPTConfig, device_peak_flops, explicit_causal_attention, fused_head_loss, measure_peak_flops
+from model import (GPT, GPTConfig, device_peak_flops, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid,
+                   measure_peak_flops)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,16 @@ def test_fused_head_loss_keeps_the_gradient_of_confident_predictions():
     error_w = (grad_w[target_row].double() - reference_grad_w[target_row]).norm()
     relative_w = error_w / reference_grad_w[target_row].norm()
     assert relative_w < 0.05
+
+
+def test_gelu_as_sigmoid_is_gpt2_tanh_gelu():
+    # the form compiled models use: the same function as GPT-2's tanh GELU, value and gradient
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    ours = gelu_tanh_as_sigmoid(x)
+    assert torch.allclose(ours, ref, atol=1e-12, rtol=0)
+    (grad_ref,), (grad_ours,) = torch.autograd.grad(ref.sum(), x), torch.autograd.grad(ours.sum(), x)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-12, rtol=0)
 
 
 def test_explicit_attention_matches_flash_attention_with_gradients():

@@ -116,6 +116,24 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
 
 
+def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
+    # train.py compiles on CPUs too: the compiled graphs (GELU as x * sigmoid(2u), fused elementwise work)
+    # around the eager fused head must train the same model as eager, to bf16 rounding
+    common = [f"--dataset={tiny_data}", "--max_iters=4", "--eval_interval=4", "--dtype=bfloat16"]
+    eager = run_train(tmp_path / "eager", *common)
+    compiled = run_train(tmp_path / "compiled", *common, "--compile=True", timeout=600)
+    assert "compiling the model (inductor builds the CPU kernels with" in compiled.stdout
+    one, two = iteration_losses(eager.stdout), iteration_losses(compiled.stdout)
+    assert one.keys() == two.keys() and len(one) == 4
+    assert all(abs(one[i] - two[i]) < 2e-3 for i in one), (one, two)
+    a = load_checkpoint(checkpoint_path(str(tmp_path / "eager")))["model"]
+    b = load_checkpoint(checkpoint_path(str(tmp_path / "compiled")))["model"]
+    assert a.keys() == b.keys()  # the plain module's names, not the compiled wrapper's
+    # Adam steps every weight by about the learning rate (3e-3), whatever its gradient's size, so the
+    # weights are compared on average: tiny gradients can differ in sign between the two
+    assert all((a[k] - b[k]).abs().mean() < 1e-3 for k in a), max((a[k] - b[k]).abs().mean() for k in a)
+
+
 def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny_data, tiny_hf_dir):
     # one run for three paths: a local transformers dir with 64 positions extended to 128, fp16 autocast with
     # a GradScaler (runnable on CPU too), and per-block activation checkpointing
