@@ -46,6 +46,14 @@ def test_scaler_only_for_fp16_and_bad_dtype_is_a_user_error():
         hardware.pick_dtype("cpu", "fp8")
 
 
+def test_compile_on_cpu_needs_a_cpp_compiler(monkeypatch):
+    import torch._inductor.config as inductor_config
+    assert hardware.compile_pays_off("cuda") == (True, "GPU")
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
+    use, why = hardware.compile_pays_off("cpu")
+    assert not use and why.startswith("no C++ compiler for inductor's CPU kernels") and "\n" not in why
+
+
 def test_out_of_memory_becomes_one_line_advice():
     with pytest.raises(UserError, match="smaller --batch_size"):
         with hardware.explain_out_of_memory(64, 1024):
