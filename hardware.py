@@ -11,6 +11,7 @@ Weights and optimizer state stay fp32 in every case; autocast only runs the matm
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -129,19 +130,31 @@ def explain_out_of_memory(batch_size: int, block_size: int):
 
 
 def compile_pays_off(device: str) -> tuple[bool, str]:
-    """Whether torch.compile speeds training up on `device`, and why: (yes or no, reason).
+    """Whether train.py compiles the model on `device`, and why: (yes or no, reason).
 
-    GPUs: yes. CPUs: yes where inductor can build its C++ kernels, which takes a C++ compiler. It fuses the
-    elementwise work between the matmuls (GELU, LayerNorm, residual adds, casts, dropout), which on a CPU is
-    a large share of a step; the cost is compiling up front (measured figures in README.md, Benchmark).
+    GPUs: yes. CPUs: yes where inductor can build its C++ kernels (a compiler, torch's headers, OpenMP). It
+    fuses the elementwise work between the matmuls (GELU, LayerNorm, residual adds, casts, dropout), which on
+    a CPU is a large share of a step; the cost is compiling up front (figures in README.md, Benchmark).
+    Other devices (mps): not measured, so no.
     """
     kind = torch.device(device).type
     if kind == "cuda":
-        return True, "GPU"
+        return True, "on a GPU"
     if kind != "cpu":
         return False, f"not measured on {kind}"
+    problem = inductor_cpu_problem()
+    if problem:
+        return False, f"inductor cannot build CPU kernels here ({problem}); install a C++ compiler (g++ or clang)"
+    return True, "on CPU, inductor builds C++ kernels"
+
+
+@functools.cache
+def inductor_cpu_problem() -> str | None:
+    """None if torch.compile works on this CPU, else the first line of its error. It compiles a one-line
+    function to find out (a few seconds, cached by inductor): a compiler alone is not enough, inductor
+    also needs torch's headers and OpenMP."""
     try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-        return True, f"inductor builds the CPU kernels with {get_cpp_compiler()}"
-    except (ImportError, RuntimeError) as e:  # RuntimeError: torch._inductor.exc.InvalidCxxCompiler
-        return False, f"no C++ compiler for inductor's CPU kernels ({str(e).splitlines()[0]}); install g++ or clang"
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(4))
+    except Exception as e:  # whatever the cause (no compiler, missing headers, ...), train eager instead
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return None

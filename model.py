@@ -120,7 +120,7 @@ class KVCache:
 
 def cpu_mixed_precision_training(x: torch.Tensor) -> bool:
     """Whether this forward is a CPU training step under autocast, where model.py takes its CPU fast paths
-    (fp32 CPU training, bench.py's baseline, stays plain PyTorch)."""
+    (fp32 CPU training takes the plain paths, as bench.py's plain-PyTorch baseline must)."""
     return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
 
 
@@ -175,25 +175,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-GELU_2C = 2 * math.sqrt(2 / math.pi)  # 2u = GELU_2C * (x + 0.044715 x^3) in gelu_tanh_as_sigmoid
-
-
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's activation ("gelu_new": GELU with the tanh approximation; the exact erf GELU differs slightly).
 
-    Inside torch.compile it is written as x * sigmoid(2u), the same function (0.5 * (1 + tanh(u)) equals
+    Compiled for a CPU it is written as x * sigmoid(2u), the same function (0.5 * (1 + tanh(u)) equals
     sigmoid(2u)): inductor's CPU code computes tanh with a slow vectorized routine and sigmoid with its fast
     exp. Measured in bf16 on 2048 x 1536 (one MLP at the CPU bench shape), forward + backward 4.0 ms against
-    9.9 ms for the tanh form, compiled or eager.
+    9.9 ms for the tanh form, compiled or eager. (GPUs keep the tanh form: not measured there.)
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and x.device.type == "cpu":
         return gelu_tanh_as_sigmoid(x)
     return F.gelu(x, approximate="tanh")
 
 
 def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x * sigmoid(2u)."""
-    two_u = x * (GELU_2C + GELU_2C * 0.044715 * x * x)
+    two_c = 2 * math.sqrt(2 / math.pi)
+    two_u = x * (two_c + two_c * 0.044715 * x * x)
     return x * torch.sigmoid(two_u)
 
 
@@ -287,8 +285,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None and reduction == "mean" and self.training and cpu_mixed_precision_training(x):
             # mixed-precision CPU training step: the head and loss fused (FusedHeadLoss), whose logits turn
-            # into their gradient in place, so None is returned for them. Elsewhere the plain path below: on GPUs
-            # torch.compile fuses it, and fp32 CPU training (bench.py's baseline) stays plain PyTorch.
+            # into their gradient in place, so None is returned for them. Elsewhere the plain path below, which
+            # torch.compile fuses where train.py compiles; bench.py's fp32 baseline runs it eager.
             return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         if targets is not None:
             logits = self.lm_head(x)

@@ -69,7 +69,7 @@ min_lr = 1e-4
 # system
 device = "auto"  # auto, cpu, cuda, cuda:N
 dtype = "auto"  # auto (see hardware.py), float32, bfloat16, float16
-compile = True  # torch.compile the model (skipped where it does not pay off; see hardware.compile_pays_off)
+compile = True  # torch.compile the model (skipped where it cannot run or is unmeasured: hardware.compile_pays_off)
 backend = "auto"  # DDP backend: auto is nccl on GPUs, gloo on CPUs
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -172,7 +172,7 @@ def main() -> None:
     if compile:
         use_compile, why_compile = hardware.compile_pays_off(dev)
         if master:
-            print(f"compiling the model ({why_compile}; the first iterations are slow)" if use_compile else
+            print(f"compiling the model {why_compile} (the first iterations are slow)" if use_compile else
                   f"not compiling: {why_compile}")
         if use_compile:
             model = torch.compile(model)

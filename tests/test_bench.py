@@ -12,7 +12,7 @@ from errors import UserError
 
 def test_train_bench_prints_table_and_json(capsys):
     bench.main(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
-                "--vocab_size=512", "--warmup=1", "--iters=2", "--device=cpu"])
+                "--vocab_size=512", "--warmup=1", "--iters=2", "--device=cpu", "--compile=False"])
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("fp32 eager (baseline)") for line in out)
     assert any(line.startswith("train.py: ") for line in out)

@@ -235,6 +235,29 @@ def test_gelu_as_sigmoid_is_gpt2_tanh_gelu():
     assert torch.allclose(grad_ours, grad_ref, atol=1e-12, rtol=0)
 
 
+def test_compiled_cpu_training_graph_has_sigmoid_gelu_and_no_fused_head():
+    # what torch.compile is handed (recorded, not built: no C++ compiler needed): GELU in its sigmoid form,
+    # and the hand-fused head left out of every graph, to run eager between them
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.randint(0, 64, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager_loss = model(idx, idx)[1]
+        compiled_loss = torch.compile(model, backend=record)(idx, idx)[1]
+    torch._dynamo.reset()
+    code = "\n".join(graphs)
+    assert "sigmoid" in code and "gelu" not in code
+    assert "grad_logits" not in code and "log1p" not in code  # no piece of FusedHeadLoss was traced
+    assert torch.allclose(compiled_loss, eager_loss, atol=1e-2)
+
+
 def test_explicit_attention_matches_flash_attention_with_gradients():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 20, 8, generator=gen, requires_grad=True) for _ in range(3))
