@@ -69,6 +69,15 @@ def eval_rows(stdout: str) -> list[list[float]]:
             if re.match(r"^\s+\d+ \|", line)]
 
 
+def same_losses_then_weights(tmp_path, runs: dict, iters: int, tolerance: float) -> list[dict]:
+    """Assert that two runs (out_dir name -> result) logged the same iterations with losses within tolerance;
+    return their saved weights."""
+    one, two = (iteration_losses(result.stdout) for result in runs.values())
+    assert one.keys() == two.keys() and len(one) == iters
+    assert all(abs(one[i] - two[i]) < tolerance for i in one), (one, two)
+    return [load_checkpoint(checkpoint_path(str(tmp_path / name)))["model"] for name in runs]
+
+
 def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     result = run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=24", "--eval_interval=12")
     header = next(line for line in result.stdout.splitlines() if line.strip().startswith("iter |"))
@@ -112,11 +121,7 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     single = run_train(tmp_path / "one", *common, timeout=600)
     ddp = run_train(tmp_path / "two", *common, torchrun=True, timeout=600)
     assert "2 process(es) on cpu" in ddp.stdout
-    one, two = iteration_losses(single.stdout), iteration_losses(ddp.stdout)
-    assert one.keys() == two.keys() and len(one) == 6
-    assert all(abs(one[i] - two[i]) < 1e-3 for i in one), (one, two)
-    a = load_checkpoint(checkpoint_path(str(tmp_path / "one")))["model"]
-    b = load_checkpoint(checkpoint_path(str(tmp_path / "two")))["model"]
+    a, b = same_losses_then_weights(tmp_path, {"one": single, "two": ddp}, iters=6, tolerance=1e-3)
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
 
 
@@ -131,11 +136,7 @@ def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
         assert f"not compiling: {why}" in compiled.stdout
         pytest.skip(why)
     assert "compiling the model on CPU" in compiled.stdout
-    one, two = iteration_losses(eager.stdout), iteration_losses(compiled.stdout)
-    assert one.keys() == two.keys() and len(one) == 4
-    assert all(abs(one[i] - two[i]) < 2e-3 for i in one), (one, two)
-    a = load_checkpoint(checkpoint_path(str(tmp_path / "eager")))["model"]
-    b = load_checkpoint(checkpoint_path(str(tmp_path / "compiled")))["model"]
+    a, b = same_losses_then_weights(tmp_path, {"eager": eager, "compiled": compiled}, iters=4, tolerance=2e-3)
     assert a.keys() == b.keys()  # the plain module's names, not the compiled wrapper's
     # Adam steps every weight by about the learning rate (3e-3), whatever its gradient's size, so the
     # weights are compared on average: tiny gradients can differ in sign between the two
