@@ -143,7 +143,11 @@ def main() -> None:
     run_block_size = checkpoint["model_args"]["block_size"] if checkpoint else block_size
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
+    if ddp and local_rank != 0:
+        dist.barrier()  # one process per machine opens the data first: it may build missing bins (data/mini)
     data = TaggedData(open_dataset(dataset), run_block_size)
+    if ddp and local_rank == 0:
+        dist.barrier()
     model = init_model(data, checkpoint)
     model.gradient_checkpointing = gradient_checkpointing
     model.to(dev)
@@ -163,7 +167,10 @@ def main() -> None:
     iter_num, best_val_loss = 0, float("inf")
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint["scaler"] and scaler.is_enabled():
+            scaler.load_state_dict(checkpoint["scaler"])
+        elif scaler.is_enabled() and master:  # a bf16/fp32 run resumed in fp16 (say, an A100 run on a T4)
+            print("the checkpoint was not trained in float16: its loss scale starts afresh")
         sampler.load_state_dict(checkpoint["sampler"])
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         if master:
@@ -233,6 +240,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    def diverged(what: str) -> UserError:
+        return UserError(f"{what} at iteration {iter_num}; stopped without saving, so {checkpoint_path(out_dir)} "
+                         "keeps the last good state. Lower --learning_rate, keep --grad_clip on, or use "
+                         "--dtype=bfloat16/float32 instead of float16")
+
     # ---- the training loop ----------------------------------------------------------------------------
     if checkpoint:  # the RNG (dropout) last, once nothing else draws from it (measure_peak_flops does)
         rng = checkpoint["rng"]
@@ -282,13 +294,17 @@ def main() -> None:
                 dist.all_reduce(stop)
                 stop[0] /= world_size
             loss_value, stop_requested = stop[0].item(), stop[1].item() > 0
+            scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
+            total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
+            grad_norm = total_norm.item()
             if not math.isfinite(loss_value):
-                raise UserError(f"loss became {loss_value} at iteration {iter_num}; stopped without saving, so "
-                                f"{checkpoint_path(out_dir)} keeps the last good state. Lower --learning_rate, "
-                                "keep --grad_clip on, or use --dtype=bfloat16/float32 instead of float16")
+                raise diverged(f"loss became {loss_value}")
+            if not math.isfinite(grad_norm) and not scaler.is_enabled():
+                # fp16's scaler skips such a step and lowers its scale. Without one, the step would write NaN
+                # into the weights, finite loss or not, and the next save would keep them.
+                raise diverged(f"gradient norm became {grad_norm}")
             if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+                torch.nn.utils.clip_grads_with_norm_(raw_model.parameters(), grad_clip, total_norm)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -299,9 +315,11 @@ def main() -> None:
             if master and iter_num % log_interval == 0:
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak)
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
-                      f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, epoch {sampler.epochs():.3f}")
+                      f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
+                      f"epoch {sampler.epochs():.3f}")
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
-                            "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "epoch": sampler.epochs()}, step=iter_num)
+                            "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
+                            "epoch": sampler.epochs()}, step=iter_num)
             if stop_requested:
                 save("stopped by signal")
                 if master:

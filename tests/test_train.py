@@ -6,6 +6,7 @@ batch; per-tag eval; fp16 with a GradScaler; SIGTERM saves; and each user error 
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 import hardware
-from checkpoint import checkpoint_path, load_checkpoint
+from checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from data.binwriter import write_dataset
 from tags import TAGS
 
@@ -172,6 +173,30 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
     assert list(iteration_losses(resumed.stdout)) == [stopped_at + 1]
 
 
+def test_resume_in_float16_from_a_float32_checkpoint(tmp_path, tiny_data):
+    # a checkpoint without loss scale (bf16 or fp32) continued where fp16 is chosen, say an A100 run on a T4
+    run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=2", "--eval_interval=2")
+    resumed = run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=4", "--eval_interval=2",
+                        "--init_from=resume", "--dtype=float16")
+    assert "the checkpoint was not trained in float16: its loss scale starts afresh" in resumed.stdout
+    ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
+    assert ckpt["iter_num"] == 4 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
+
+
+def test_ddp_builds_missing_mini_data_once(tmp_path):
+    # torchrun on a fresh clone: one process per machine builds data/mini while the others wait for it
+    repo = tmp_path / "clone"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(".*", "__pycache__", "tests", "out*", "hf-*", "wandb",
+                                                               "mini", "phi", "custom"))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+               f"--out_dir={tmp_path / 'out'}", *TINY, "--gradient_accumulation_steps=2", "--max_iters=1",
+               "--eval_interval=1", "--eval_iters=1"]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("data/mini is missing: building it now") == 1
+    assert load_checkpoint(checkpoint_path(str(tmp_path / "out")))["iter_num"] == 1
+
+
 def test_checkpoint_killed_mid_write_keeps_the_previous_one(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     script = f"""
@@ -243,3 +268,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dat
     assert_user_error(result, "loss became", "keeps the last good state")
     ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_overflowing_gradient_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
+    # a finite loss whose gradient overflows: without fp16's scaler to skip it, the step would write inf or NaN
+    # into the weights. Crafted from a real checkpoint: ln_f's bias puts every final feature near 10, and an
+    # unused (padding) token's head row of 1e33s gives it a logit near 3e35, still finite; the gradient of
+    # ln_f's bias is then about 1e33 per entry, and its squared norm overflows.
+    common = [f"--dataset={tiny_data}", "--eval_interval=2", "--decay_lr=False", "--always_save_checkpoint=False"]
+    run_train(tmp_path, *common, "--max_iters=2")
+    path = checkpoint_path(str(tmp_path))
+    ckpt = load_checkpoint(path)
+    ckpt["model"]["transformer.ln_f.bias"].fill_(10.0)
+    for name in ("lm_head.weight", "transformer.wte.weight"):  # tied: the same tensor under both names
+        ckpt["model"][name][-1] = 1e33
+    save_checkpoint(ckpt, path)
+    result = run_train(tmp_path, *common, "--max_iters=4", "--init_from=resume", check=False)
+    assert_user_error(result, "gradient norm became inf", "keeps the last good state")
+    assert load_checkpoint(path)["iter_num"] == 2
