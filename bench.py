@@ -26,7 +26,7 @@ import torch
 import hardware
 from configurator import configure
 from errors import UserError, run_main
-from model import GPT, GPTConfig, device_peak_flops, measure_peak_flops
+from model import GPT, GPTConfig, PeakFlops
 
 # -----------------------------------------------------------------------------
 mode = "train"  # train, or sample (decoding: bench_sample.py)
@@ -93,15 +93,8 @@ def train_bench(shape: dict) -> None:
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
           f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
 
-    # Without a data-sheet peak, the peak is the best of matmul bursts taken before, between and after the
-    # timed steps: on a shared machine a single measurement can fall in a busy moment and inflate the MFU.
-    datasheet_peak = device_peak_flops(dev, ptdtype)
-    measured_peaks = [] if datasheet_peak else [measure_peak_flops(dev, ptdtype)]
-
-    def sample_peak() -> None:
-        if not datasheet_peak:
-            measured_peaks.append(measure_peak_flops(dev, ptdtype, repeats=3, min_seconds=0.05))
-
+    # the best of matmul bursts taken before, between and after the timed steps, where there is no data sheet
+    peak = PeakFlops(dev, ptdtype)
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
         torch.manual_seed(seed)
@@ -120,22 +113,17 @@ def train_bench(shape: dict) -> None:
         model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
     results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
-                               between=sample_peak)
+                               between=peak.sample)
 
-    peak, peak_source = datasheet_peak, "data sheet"
-    if not peak:
-        measured_peaks.append(measure_peak_flops(dev, ptdtype))
-        peak = max(measured_peaks)
-        # a lowest burst far below the best means something else used the cores during the run
-        peak_source = (f"measured {dtype_name} matmul, best of {len(measured_peaks)} bursts; lowest "
-                       f"{min(measured_peaks) / 1e12:.2f}")
-    fp32_peak = device_peak_flops(dev, torch.float32) or measure_peak_flops(dev, torch.float32)
+    peak.sample()
+    fp32_peak = PeakFlops(dev, torch.float32).flops
     rows = {}
     for name, times in results.items():
         dt = statistics.median(times)
         rows[name] = {"tokens_per_s": B * T / dt, "ms_per_iter": dt * 1000, "flops_per_s": flops_per_step / dt,
-                      "mfu": flops_per_step / dt / peak, "ms_min": min(times) * 1000, "ms_max": max(times) * 1000}
-    print(f"peak: {peak / 1e12:.2f} TFLOP/s ({peak_source}); fp32 peak {fp32_peak / 1e12:.2f} TFLOP/s; "
+                      "mfu": flops_per_step / dt / peak.flops, "ms_min": min(times) * 1000,
+                      "ms_max": max(times) * 1000}
+    print(f"peak: {peak.flops / 1e12:.2f} TFLOP/s ({peak.describe()}); fp32 peak {fp32_peak / 1e12:.2f} TFLOP/s; "
           f"{flops_per_step / 1e9:.1f} GFLOP per step; median of {iters} steps after {warmup} warm-up")
     print(f"{'':32} {'tokens/s':>9} {'ms/iter':>9} {'(min-max)':>15} {'TFLOP/s':>8} {'MFU':>6} {'speedup':>8}")
     base = rows.get("fp32 eager (baseline)")
@@ -144,7 +132,7 @@ def train_bench(shape: dict) -> None:
         print(f"{name:32} {r['tokens_per_s']:9,.0f} {r['ms_per_iter']:9.1f} {r['ms_min']:7.0f}-{r['ms_max']:<7.0f} "
               f"{r['flops_per_s'] / 1e12:8.3f} {r['mfu'] * 100:5.1f}% {speedup:>8}")
     summary = {"device": dev, "dtype": dtype_name, "compile": use_compile, "shape": {**shape, "vocab_size": vocab_size},
-               "peak_flops": peak, "peak_source": peak_source, "threads": torch.get_num_threads(),
+               "peak_flops": peak.flops, "peak_source": peak.describe(), "threads": torch.get_num_threads(),
                **{k: float(f"{v:.4g}") for k, v in rows[ours].items()}}
     if base:
         summary["baseline"] = {k: float(f"{v:.4g}") for k, v in base.items()}

@@ -28,7 +28,7 @@ from configurator import configure
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError, run_main
 from logger import RunLogger
-from model import GPT, GPT2_SIZES, GPTConfig, device_peak_flops, measure_peak_flops
+from model import GPT, GPT2_SIZES, GPTConfig, PeakFlops
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -188,9 +188,11 @@ def main() -> None:
     ctx = hardware.autocast(dev, dtype_name)
     train_batches = TrainBatches(data, sampler, rank, world_size, dev)
     eval_batches = EvalBatches(data, run_block_size, batch_size, eval_iters, dev)
-    peak = device_peak_flops(dev, ptdtype) or measure_peak_flops(dev, ptdtype)
+    peak = PeakFlops(dev, ptdtype)
     if master:
-        print(f"MFU is measured against a peak of {peak / 1e12:.2f} TFLOP/s ({dtype_name} on {dev})")
+        source = (f"{dev}'s data sheet, {dtype_name}" if peak.datasheet else
+                  f"a {dtype_name} matmul on {dev}, measured again at each log line, the best kept")
+        print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s ({source})")
     logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config)
 
     @torch.no_grad()
@@ -246,7 +248,7 @@ def main() -> None:
                          "--dtype=bfloat16/float32 instead of float16")
 
     # ---- the training loop ----------------------------------------------------------------------------
-    if checkpoint:  # the RNG (dropout) last, once nothing else draws from it (measure_peak_flops does)
+    if checkpoint:  # the RNG (dropout) last, once nothing else draws from it (building the model does)
         rng = checkpoint["rng"]
         torch.set_rng_state(rng["torch"][rank % len(rng["torch"])])
         if device_type == "cuda" and rng["cuda"]:
@@ -313,13 +315,15 @@ def main() -> None:
             t1 = time.time()
             dt, t0 = t1 - t0, t1
             if master and iter_num % log_interval == 0:
-                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak)
+                peak.sample()  # a busy moment when the run started must not inflate every later MFU
+                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
                       f"epoch {sampler.epochs():.3f}")
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                             "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
                             "epoch": sampler.epochs()}, step=iter_num)
+                t0 = time.time()  # ms/iter measures training only, not the peak sample
             if stop_requested:
                 save("stopped by signal")
                 if master:

@@ -7,8 +7,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from errors import UserError
-from model import (GPT, GPTConfig, device_peak_flops, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid,
-                   measure_peak_flops)
+from model import (GPT, GPTConfig, PeakFlops, device_peak_flops, explicit_causal_attention, fused_head_loss,
+                   gelu_tanh_as_sigmoid, measure_peak_flops)
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +299,16 @@ def test_mfu_uses_the_given_or_known_peak():
     assert device_peak_flops("cpu", torch.bfloat16) is None
     assert model.estimate_mfu(4, dt=1.0, device="cpu") is None
     assert measure_peak_flops("cpu", torch.float32, n=128, repeats=2, min_seconds=0) > 0
+
+
+def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    peak = PeakFlops("cpu", torch.bfloat16)
+    peak.sample()
+    assert torch.equal(torch.get_rng_state(), rng)  # train.py samples mid-run: dropout and resume unchanged
+    assert peak.datasheet is None and len(peak.bursts) == 2 and peak.flops == max(peak.bursts) > 0
+    assert peak.describe().startswith("measured bf16 matmul, best of 2 bursts; lowest ")
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
