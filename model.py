@@ -591,11 +591,14 @@ class PeakFlops:
         self.device, self.dtype = device, dtype
         self.datasheet = device_peak_flops(device, dtype)
         self.bursts = [] if self.datasheet else [measure_peak_flops(device, dtype)]
+        self.last_sample = time.perf_counter()
 
-    def sample(self) -> None:
-        """Measure once more (a few short bursts: well under a second), unless the peak is a data sheet's."""
-        if not self.datasheet:
+    def sample(self, min_interval: float = 0.0) -> None:
+        """Measure once more (a few short bursts, well under a second), unless the peak is a data sheet's or
+        the last measurement is less than min_interval seconds old."""
+        if not self.datasheet and time.perf_counter() - self.last_sample >= min_interval:
             self.bursts.append(measure_peak_flops(self.device, self.dtype, repeats=3, min_seconds=0.05))
+            self.last_sample = time.perf_counter()
 
     @property
     def flops(self) -> float:
@@ -604,6 +607,8 @@ class PeakFlops:
     def describe(self) -> str:
         if self.datasheet:
             return "data sheet"
+        measured = f"measured {DTYPE_NAMES.get(self.dtype, str(self.dtype))} matmul"
+        if len(self.bursts) == 1:
+            return measured
         # a lowest burst far below the best means something else used the device meanwhile
-        return (f"measured {DTYPE_NAMES.get(self.dtype, str(self.dtype))} matmul, best of {len(self.bursts)} "
-                f"bursts; lowest {min(self.bursts) / 1e12:.2f}")
+        return f"{measured}, best of {len(self.bursts)} bursts; lowest {min(self.bursts) / 1e12:.2f}"

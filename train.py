@@ -74,6 +74,8 @@ backend = "auto"  # DDP backend: auto is nccl on GPUs, gloo on CPUs
 seed = 1337
 # -----------------------------------------------------------------------------
 
+PEAK_SAMPLE_INTERVAL = 60  # seconds between matmul peak measurements for MFU, where no data sheet applies
+
 
 def get_lr(it: int) -> float:
     """Linear warmup to learning_rate, then cosine decay to min_lr at lr_decay_iters (or constant)."""
@@ -190,9 +192,9 @@ def main() -> None:
     eval_batches = EvalBatches(data, run_block_size, batch_size, eval_iters, dev)
     peak = PeakFlops(dev, ptdtype)
     if master:
-        source = (f"{dev}'s data sheet, {dtype_name}" if peak.datasheet else
-                  f"a {dtype_name} matmul on {dev}, measured again at each log line, the best kept")
-        print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s ({source})")
+        again = "" if peak.datasheet else f", again about every {PEAK_SAMPLE_INTERVAL} s, the best kept"
+        print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s "
+              f"({peak.describe()} on {dev}{again})")
     logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config)
 
     @torch.no_grad()
@@ -242,10 +244,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    def diverged(what: str) -> UserError:
+    def diverged(what: str, advice: str) -> UserError:
         return UserError(f"{what} at iteration {iter_num}; stopped without saving, so {checkpoint_path(out_dir)} "
-                         "keeps the last good state. Lower --learning_rate, keep --grad_clip on, or use "
-                         "--dtype=bfloat16/float32 instead of float16")
+                         f"keeps the last good state. {advice}")
 
     # ---- the training loop ----------------------------------------------------------------------------
     if checkpoint:  # the RNG (dropout) last, once nothing else draws from it (building the model does)
@@ -257,7 +258,7 @@ def main() -> None:
     if master:
         print("evals: loss per token on fixed windows; the tag columns are val loss on each tag's documents")
         print(" | ".join(["iter".rjust(6), "train".rjust(7), "val".rjust(7)] + [t.rjust(8) for t in data.tags]))
-    stop = torch.zeros(2, device=dev)  # (sum of this iteration's losses, stop requested): reduced over ranks
+    stop = torch.zeros(3, device=dev)  # (this iteration's mean loss, stop requested, grad norm): reduced over ranks
     t0 = time.time()
     with hardware.explain_out_of_memory(batch_size, run_block_size):
         while True:
@@ -291,20 +292,22 @@ def main() -> None:
                         _, loss = model(x, y)
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
-            stop[0], stop[1] = loss_sum / micro_steps, float(bool(stop_signal))
+            scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
+            total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
+            stop[0], stop[1], stop[2] = loss_sum / micro_steps, float(bool(stop_signal)), total_norm
             if ddp:
                 dist.all_reduce(stop)
                 stop[0] /= world_size
-            loss_value, stop_requested = stop[0].item(), stop[1].item() > 0
-            scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
-            total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
-            grad_norm = total_norm.item()
+                stop[2] /= world_size  # the same on every rank: gradients are all-reduced
+            loss_value, stop_votes, grad_norm = stop.tolist()
+            stop_requested = stop_votes > 0
             if not math.isfinite(loss_value):
-                raise diverged(f"loss became {loss_value}")
+                raise diverged(f"loss became {loss_value}", "Lower --learning_rate, keep --grad_clip on, or use "
+                                                            "--dtype=bfloat16/float32 instead of float16")
             if not math.isfinite(grad_norm) and not scaler.is_enabled():
                 # fp16's scaler skips such a step and lowers its scale. Without one, the step would write NaN
                 # into the weights, finite loss or not, and the next save would keep them.
-                raise diverged(f"gradient norm became {grad_norm}")
+                raise diverged(f"gradient norm became {grad_norm}", "Lower --learning_rate or raise --warmup_iters")
             if grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(raw_model.parameters(), grad_clip, total_norm)
             scaler.step(optimizer)
@@ -315,7 +318,7 @@ def main() -> None:
             t1 = time.time()
             dt, t0 = t1 - t0, t1
             if master and iter_num % log_interval == 0:
-                peak.sample()  # a busy moment when the run started must not inflate every later MFU
+                peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
@@ -323,7 +326,7 @@ def main() -> None:
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                             "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
                             "epoch": sampler.epochs()}, step=iter_num)
-                t0 = time.time()  # ms/iter measures training only, not the peak sample
+                t0 = time.time()  # ms/iter measures training only, not a peak sample
             if stop_requested:
                 save("stopped by signal")
                 if master:

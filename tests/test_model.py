@@ -304,11 +304,14 @@ def test_mfu_uses_the_given_or_known_peak():
 def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
     torch.manual_seed(0)
     rng = torch.get_rng_state()
-    peak = PeakFlops("cpu", torch.bfloat16)
+    peak = PeakFlops("cpu", torch.float32)
+    assert peak.describe() == "measured fp32 matmul"
+    peak.sample(min_interval=3600)  # too soon: nothing measured
+    assert len(peak.bursts) == 1
     peak.sample()
     assert torch.equal(torch.get_rng_state(), rng)  # train.py samples mid-run: dropout and resume unchanged
     assert peak.datasheet is None and len(peak.bursts) == 2 and peak.flops == max(peak.bursts) > 0
-    assert peak.describe().startswith("measured bf16 matmul, best of 2 bursts; lowest ")
+    assert peak.describe().startswith("measured fp32 matmul, best of 2 bursts; lowest ")
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
