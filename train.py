@@ -270,8 +270,7 @@ def main() -> None:
                 logger.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
                             **{f"val/loss_{t}": losses[t] for t in data.tags}, "lr": get_lr(iter_num)}, step=iter_num)
                 if not math.isfinite(losses["val"]):
-                    raise UserError(f"val loss became {losses['val']} at iteration {iter_num}; stopped without saving, "
-                                    f"so {checkpoint_path(out_dir)} keeps the last good state. Lower --learning_rate")
+                    raise diverged(f"val loss became {losses['val']}", "Lower --learning_rate")
                 new_best = losses["val"] < best_val_loss
                 best_val_loss = min(best_val_loss, losses["val"])
                 if iter_num > 0 and (new_best or always_save_checkpoint):
