@@ -1,4 +1,4 @@
-"""Inference plumbing shared by sample.py, chat.py, export.py and bench_sample.py: one place for it.
+"""Inference plumbing shared by sample.py, chat.py, export.py and bench/decoding.py: one place for it.
 
 - pick the device and the decoding dtype ('auto': bf16 where the hardware has fast bf16, else fp32),
 - load a model for decoding (from a checkpoint, a GPT-2 name or a transformers directory, always safely),
@@ -19,6 +19,7 @@ import torch.nn as nn
 import hardware
 from checkpoint import load_model
 from errors import UserError
+from kernels import Int8Linear, PackedLinear
 from model import GPT
 from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 
@@ -27,7 +28,7 @@ FILE_PREFIX = "FILE:"
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """The dtype the weights are cast to for decoding: training's choice (hardware.pick_dtype). 'auto' is
-    bf16 on GPUs and CPUs with native bf16 (half the bytes to read per token; bench_sample.py checks the
+    bf16 on GPUs and CPUs with native bf16 (half the bytes to read per token; bench/decoding.py checks the
     log-probs hold), fp16 on older GPUs, and fp32 elsewhere, where bf16 would be emulated and slower."""
     return hardware.DTYPES[hardware.pick_dtype(device, name)[0]]
 
@@ -69,26 +70,6 @@ def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype
     return pack_for_decoding(model)
 
 
-class PackedLinear(nn.Module):
-    """A frozen bf16 nn.Linear whose weight oneDNN has reordered once into its blocked layout.
-
-    Decoding one token is a matrix-vector product per weight matrix, so its speed is how fast the weights
-    stream from memory. Plain bf16 F.linear on a CPU re-lays the weight out (or takes a slow path) on
-    every call and reaches about half the memory bandwidth; the prepacked product reaches about all of
-    it (and uses AMX for long prompts). The same op is what torch.compile's freezing pass emits on CPU.
-    The original parameter stays (the embedding shares lm_head's), so names and tying are unchanged.
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
 def can_pack(model: GPT) -> bool:
     weight = model.lm_head.weight
     return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and not model.training
@@ -108,40 +89,6 @@ def swap_linears(model: GPT, replacement) -> GPT:
             if type(child) is nn.Linear:
                 setattr(module, name, replacement(child))
     return model
-
-
-class Int8Linear(nn.Module):
-    """A frozen nn.Linear run by oneDNN's int8 kernels (AVX512-VNNI / AMX): decoding's opt-in dtype='int8'.
-
-    Weights are int8 with one scale per output row, quantized once; each call quantizes every input row
-    (token) to int8 with its own scale, so a row's result never depends on the rows beside it (batch
-    mates, the rest of a prompt). Half of bf16's bytes per token, and on a CPU decoding speed is memory
-    bandwidth; the price is precision, which bench_sample.py measures as per-token log-prob drift against
-    fp32 beside bf16's. The fp32 weight is not kept (see load_for_inference).
-    """
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.bias = linear.bias
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        quantized = torch.round(weight / scale.unsqueeze(1)).to(torch.int8)
-        self.register_buffer("packed", torch.ops.onednn.qlinear_prepack(quantized, None), persistent=False)
-        self.register_buffer("weight_scale", scale, persistent=False)
-        self.register_buffer("weight_zero", torch.zeros(weight.size(0), dtype=torch.long), persistent=False)
-        # the kernel's own input scale and zero point stay 1 and 0: the per-row scales are applied after it
-        self.register_buffer("unit", torch.ones(()), persistent=False)
-        self.register_buffer("zero", torch.zeros((), dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.size(-1))
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12).div_(127)
-        quantized = (rows / scale).round_().to(torch.int8)
-        out = torch.ops.onednn.qlinear_pointwise.tensor(quantized, self.unit, self.zero, self.packed,
-                                                        self.weight_scale, self.weight_zero, None, 1.0, 0,
-                                                        torch.float32, "none", [], "")
-        out = out * scale if self.bias is None else torch.addcmul(self.bias, out, scale)
-        return out.view(*x.shape[:-1], out.size(-1))
 
 
 def can_quantize(device: str) -> bool:

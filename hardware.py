@@ -14,6 +14,7 @@ import ctypes.util
 import functools
 import os
 import sys
+import time
 
 import torch
 
@@ -158,3 +159,96 @@ def inductor_cpu_problem() -> str | None:
     except Exception as e:  # whatever the cause (no compiler, missing headers, ...), train eager instead
         return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
     return None
+
+
+# ---- device peaks for MFU -----------------------------------------------------------------------------
+
+# Dense tensor-core peaks in FLOP/s from the vendors' data sheets, by device name and dtype. fp32 on
+# A100/H100 is TF32. Matched by substring of torch.cuda.get_device_name(), most specific first.
+GPU_PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
+    "A10G": {"bf16": 70e12, "fp16": 70e12, "fp32": 35e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
+    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
+    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+}
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
+    """The data-sheet peak of this CUDA device for dtype, or None (CPU, unknown GPU: measure it instead)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in GPU_PEAK_FLOPS.items():
+        if key in name:
+            return peaks.get(DTYPE_NAMES.get(dtype, "fp32"))
+    return None
+
+
+def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10,
+                       min_seconds: float = 0.5) -> float:
+    """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
+    The honest denominator for MFU where no data-sheet peak applies (a CPU). It keeps multiplying for at
+    least min_seconds, so a moment of contention (another process, a CPU clocking up) cannot set the peak."""
+    device = torch.device(device)
+    gen = torch.Generator(device).manual_seed(0)  # its own: measuring never moves the training RNG (dropout)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    best = float("inf")
+    a @ b  # warm up caches and kernels
+    started, done = time.perf_counter(), 0
+    while done < repeats or time.perf_counter() - started < min_seconds:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+        done += 1
+    return 2 * n ** 3 / best
+
+
+class PeakFlops:
+    """The peak FLOP/s that MFU divides by, for one device and dtype: the data sheet's on known GPUs, else the
+    best matmul burst measured so far.
+
+    On a shared machine any one measurement can fall in a busy moment and read low: on a 2-core VM, neighbours
+    once held the bf16 peak at 0.87 TFLOP/s (2.1 when quiet) through train.py's start, and its log then showed
+    94% MFU. So runs call sample() now and then, and the best burst wins.
+    """
+
+    def __init__(self, device: str | torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+        self.datasheet = device_peak_flops(device, dtype)
+        self.bursts = [] if self.datasheet else [measure_peak_flops(device, dtype)]
+        self.last_sample = time.perf_counter()
+
+    def sample(self, min_interval: float = 0.0) -> None:
+        """Measure once more (a few short bursts, well under a second), unless the peak is a data sheet's or
+        the last measurement is less than min_interval seconds old."""
+        if not self.datasheet and time.perf_counter() - self.last_sample >= min_interval:
+            self.bursts.append(measure_peak_flops(self.device, self.dtype, repeats=3, min_seconds=0.05))
+            self.last_sample = time.perf_counter()
+
+    @property
+    def flops(self) -> float:
+        return self.datasheet or max(self.bursts)
+
+    def describe(self) -> str:
+        if self.datasheet:
+            return "data sheet"
+        measured = f"measured {DTYPE_NAMES.get(self.dtype, str(self.dtype))} matmul"
+        if len(self.bursts) == 1:
+            return measured
+        # a lowest burst far below the best means something else used the device meanwhile
+        return f"{measured}, best of {len(self.bursts)} bursts; lowest {min(self.bursts) / 1e12:.2f}"

@@ -7,7 +7,6 @@ checkpointing; and MFU measured against the peak of the device actually in use.
 """
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,7 +15,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+import hardware
 from errors import UserError
+from kernels import EXPLICIT_ATTENTION_MAX_T, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid
 
 GPT2_SIZES = {  # OpenAI's four checkpoints: layers, heads, width
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -37,70 +38,6 @@ class GPTConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 has
 
 
-class FusedHeadLoss(torch.autograd.Function):
-    """LM head + mean cross-entropy for mixed-precision CPU training, with as few passes over the logits as
-    possible.
-
-    The (tokens x vocab) logits are the largest tensors of a training step (2048 x 50304 at the CPU bench
-    shape: 206 MB in bf16), and on a CPU every pass over them costs about as much as the matmul that makes
-    them. The plain path makes many (an fp32 copy, log_softmax, a zero-filled gradient, log_softmax's
-    backward, a bf16 copy of the gradient). Here:
-      - one bf16 matmul writes all the logits into one buffer (one call: oneDNN re-lays the weight out on
-        every call, so per-chunk calls cost more);
-      - the softmax runs in place on that buffer (fp32 arithmetic inside, bf16 stored); then one pass sums
-        each row's non-target probabilities. That sum, 1 - p_target, is exact to bf16's relative precision
-        even for a confident prediction, where p_target itself rounds to 1 in bf16: it gives the target's
-        gradient entry (p - 1) and, for p > 0.5, the loss -log(p) = -log1p(-(1 - p));
-      - backward multiplies that buffer into x's and the weight's gradients, the 1/n and grad_output
-        scaling applied only to (tokens x width) tensors.
-    Measured on a 2-core AVX-512/AMX CPU at the bench.py shape: forward + backward of the head about 1.3x
-    faster than the chunked fp32 softmax it replaced (medians of 12 interleaved runs).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # matmuls in autocast's dtype when autocast is on (bf16 on CPUs that have it), else in x's dtype
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        xc, wc = x.to(dtype), weight.to(dtype)
-        valid = targets != -1
-        safe_targets = targets.clamp(min=0)
-        rows = torch.arange(x.size(0), device=x.device)
-        grad_logits = xc @ wc.t()
-        torch.softmax(grad_logits, dim=-1, out=grad_logits)  # row by row, so in place is safe
-        p_target = grad_logits[rows, safe_targets].float()
-        grad_logits[rows, safe_targets] = 0
-        others = grad_logits.sum(dim=-1).float()  # 1 - p_target (bf16 sums accumulate in fp32)
-        row_losses = torch.where(p_target > 0.5, -torch.log1p(-others), -p_target.log())
-        underflow = ~torch.isfinite(row_losses) & valid
-        if underflow.any():  # a target 88+ nats below the best: its loss from logsumexp of recomputed logits
-            logits = (xc[underflow] @ wc.t()).float()
-            exact = torch.logsumexp(logits, -1) - logits.gather(1, safe_targets[underflow].unsqueeze(1)).squeeze(1)
-            row_losses[underflow] = exact
-        grad_logits[rows, safe_targets] = (-others).to(dtype)  # softmax - one-hot, at the targets
-        n_valid = valid.sum().clamp(min=1)
-        ctx.save_for_backward(grad_logits, xc, wc, valid, n_valid)
-        ctx.x_dtype, ctx.weight_dtype = x.dtype, weight.dtype
-        return torch.where(valid, row_losses, 0.0).sum() / n_valid
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        grad_logits, xc, wc, valid, n_valid = ctx.saved_tensors
-        # rows of ignored targets hold a meaningless gradient: zeroed through the (tokens x width) tensors
-        scale = (valid * (grad_output / n_valid)).unsqueeze(1)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = ((grad_logits @ wc).float() * scale).to(ctx.x_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = (grad_logits.t() @ (xc.float() * scale).to(xc.dtype)).to(ctx.weight_dtype)
-        return grad_x, grad_w, None
-
-
-@torch.compiler.disable  # already fused by hand; a compiled model runs it eager, between its graphs
-def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits."""
-    return FusedHeadLoss.apply(x, weight, targets)
-
-
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated to `max_len` positions."""
 
@@ -118,28 +55,6 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def cpu_mixed_precision_training(x: torch.Tensor) -> bool:
-    """Whether this forward is a CPU training step under autocast, where model.py takes its CPU fast paths
-    (fp32 CPU training takes the plain paths, as bench.py's plain-PyTorch baseline must)."""
-    return x.device.type == "cpu" and torch.is_grad_enabled() and torch.is_autocast_enabled("cpu")
-
-
-# Longest context at which CPU mixed-precision training forms the attention scores explicitly. Measured in
-# bf16 on a 2-core AVX-512/AMX CPU, forward + backward of one layer: batch 8 x 6 heads x 256 tokens, flash
-# 22 ms vs explicit 12 ms; batch 2 x 6 heads x 1024 tokens, flash 39 ms vs explicit 48 ms.
-EXPLICIT_ATTENTION_MAX_T = 512
-
-
-def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Causal attention with the (T x T) scores formed, as nanoGPT's fallback does: for CPU training at short
-    context, where the backward of PyTorch's CPU flash attention is slower (EXPLICIT_ATTENTION_MAX_T)."""
-    B, H, T, D = q.size()
-    causal = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-    scores = torch.baddbmm(causal.expand(B * H, T, T), q.reshape(B * H, T, D), k.reshape(B * H, T, D).transpose(1, 2),
-                           alpha=1 / math.sqrt(D))
-    probs = F.dropout(scores.softmax(dim=-1), dropout)
-    return (probs @ v.reshape(B * H, T, D)).view(B, H, T, D)
-
 
 class CausalSelfAttention(nn.Module):
 
@@ -152,7 +67,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, layer: int = 0, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: int = 0, kv_cache: KVCache | None = None,
+                explicit: bool = False) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -166,7 +82,7 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if kv_cache is None and T <= EXPLICIT_ATTENTION_MAX_T and cpu_mixed_precision_training(x):
+        if explicit and kv_cache is None and T <= EXPLICIT_ATTENTION_MAX_T:  # CPU training (kernels.py)
             y = explicit_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -187,12 +103,6 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
         return gelu_tanh_as_sigmoid(x)
     return F.gelu(x, approximate="tanh")
 
-
-def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), computed as x * sigmoid(2u)."""
-    two_c = 2 * math.sqrt(2 / math.pi)
-    two_u = x * (two_c + two_c * 0.044715 * x * x)
-    return x * torch.sigmoid(two_u)
 
 
 class MLP(nn.Module):
@@ -216,8 +126,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, layer: int = 0, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), layer, kv_cache)
+    def forward(self, x: torch.Tensor, layer: int = 0, kv_cache: KVCache | None = None,
+                explicit_attention: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer, kv_cache, explicit_attention)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -259,11 +170,12 @@ class GPT(nn.Module):
         return n_params
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                all_logits: bool = False, reduction: str = "mean"):
-        """Logits and, given targets (-1 = ignore), the cross-entropy loss.
+                all_logits: bool = False, reduction: str = "mean", cpu_kernels: bool = False):
+        """(logits, None) without targets; (None, loss) with targets (-1 = ignore): training and eval need only
+        the loss, and not returning the (tokens x vocab) logits lets their memory go before backward.
 
-        A CPU training step under autocast (train mode, grad enabled, targets, mean loss) returns None for the
-        logits: its head and loss are fused, and the logits' buffer becomes their gradient in place.
+        cpu_kernels=True (train.py passes it for mixed-precision training on a CPU) takes kernels.py's fast
+        paths: attention with explicit scores at short context, and the LM head fused with the mean loss.
 
         Without targets only the last position's logits are computed (all of them with all_logits=True),
         which is all that generation needs. With a kv_cache, idx continues the cached sequence.
@@ -277,16 +189,15 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             if self.gradient_checkpointing and self.training and kv_cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, layer, None, cpu_kernels, use_reentrant=False)
             else:
-                x = block(x, layer, kv_cache)
+                x = block(x, layer, kv_cache, cpu_kernels)
         if kv_cache is not None:
             kv_cache.pos += T
         x = self.transformer.ln_f(x)
-        if targets is not None and reduction == "mean" and self.training and cpu_mixed_precision_training(x):
-            # mixed-precision CPU training step: the head and loss fused (FusedHeadLoss), whose logits turn
-            # into their gradient in place, so None is returned for them. Elsewhere the plain path below, which
-            # torch.compile fuses where train.py compiles; bench.py's fp32 baseline runs it eager.
+        if targets is not None and reduction == "mean" and cpu_kernels:
+            # the head and loss fused (kernels.FusedHeadLoss), whose logits turn into their gradient in place.
+            # Elsewhere the plain path below, which torch.compile fuses where train.py compiles.
             return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         if targets is not None:
             logits = self.lm_head(x)
@@ -294,7 +205,7 @@ class GPT(nn.Module):
                                    ignore_index=-1, reduction=reduction)
             if reduction == "none":
                 loss = loss.view(targets.shape)
-            return logits, loss
+            return None, loss
         if not all_logits:
             x = x[:, [-1], :]
         return self.lm_head(x), None
@@ -390,7 +301,7 @@ class GPT(nn.Module):
                      dtype: torch.dtype = torch.bfloat16, peak_flops: float | None = None) -> float | None:
         """Model FLOPs utilization: achieved FLOP/s over the peak of the device in use for this dtype.
         peak_flops overrides the lookup; returns None when the peak is unknown."""
-        peak = peak_flops or device_peak_flops(device, dtype)
+        peak = peak_flops or hardware.device_peak_flops(device, dtype)
         if not peak:
             return None
         flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
@@ -519,96 +430,3 @@ def state_dict_from_transformers(hf_state: dict[str, torch.Tensor]) -> dict[str,
     if "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]
     return out
-
-
-# ---- device peaks for MFU -----------------------------------------------------------------------------
-
-# Dense tensor-core peaks in FLOP/s from the vendors' data sheets, by device name and dtype. fp32 on
-# A100/H100 is TF32. Matched by substring of torch.cuda.get_device_name(), most specific first.
-GPU_PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
-    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
-    "A10G": {"bf16": 70e12, "fp16": 70e12, "fp32": 35e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
-    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
-    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},
-    "T4": {"fp16": 65e12, "fp32": 8.1e12},
-}
-DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
-    """The data-sheet peak of this CUDA device for dtype, or None (CPU, unknown GPU: measure it instead)."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_PEAK_FLOPS.items():
-        if key in name:
-            return peaks.get(DTYPE_NAMES.get(dtype, "fp32"))
-    return None
-
-
-def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10,
-                       min_seconds: float = 0.5) -> float:
-    """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
-    The honest denominator for MFU where no data-sheet peak applies (a CPU). It keeps multiplying for at
-    least min_seconds, so a moment of contention (another process, a CPU clocking up) cannot set the peak."""
-    device = torch.device(device)
-    gen = torch.Generator(device).manual_seed(0)  # its own: measuring never moves the training RNG (dropout)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
-    best = float("inf")
-    a @ b  # warm up caches and kernels
-    started, done = time.perf_counter(), 0
-    while done < repeats or time.perf_counter() - started < min_seconds:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-        done += 1
-    return 2 * n ** 3 / best
-
-
-class PeakFlops:
-    """The peak FLOP/s that MFU divides by, for one device and dtype: the data sheet's on known GPUs, else the
-    best matmul burst measured so far.
-
-    On a shared machine any one measurement can fall in a busy moment and read low: on a 2-core VM, neighbours
-    once held the bf16 peak at 0.87 TFLOP/s (2.1 when quiet) through train.py's start, and its log then showed
-    94% MFU. So runs call sample() now and then, and the best burst wins.
-    """
-
-    def __init__(self, device: str | torch.device, dtype: torch.dtype):
-        self.device, self.dtype = device, dtype
-        self.datasheet = device_peak_flops(device, dtype)
-        self.bursts = [] if self.datasheet else [measure_peak_flops(device, dtype)]
-        self.last_sample = time.perf_counter()
-
-    def sample(self, min_interval: float = 0.0) -> None:
-        """Measure once more (a few short bursts, well under a second), unless the peak is a data sheet's or
-        the last measurement is less than min_interval seconds old."""
-        if not self.datasheet and time.perf_counter() - self.last_sample >= min_interval:
-            self.bursts.append(measure_peak_flops(self.device, self.dtype, repeats=3, min_seconds=0.05))
-            self.last_sample = time.perf_counter()
-
-    @property
-    def flops(self) -> float:
-        return self.datasheet or max(self.bursts)
-
-    def describe(self) -> str:
-        if self.datasheet:
-            return "data sheet"
-        measured = f"measured {DTYPE_NAMES.get(self.dtype, str(self.dtype))} matmul"
-        if len(self.bursts) == 1:
-            return measured
-        # a lowest burst far below the best means something else used the device meanwhile
-        return f"{measured}, best of {len(self.bursts)} bursts; lowest {min(self.bursts) / 1e12:.2f}"

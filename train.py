@@ -28,7 +28,8 @@ from configurator import configure
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError, run_main
 from logger import RunLogger
-from model import GPT, GPT2_SIZES, GPTConfig, PeakFlops
+from kernels import cpu_kernels_pay_off
+from model import GPT, GPT2_SIZES, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -188,9 +189,10 @@ def main() -> None:
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     ctx = hardware.autocast(dev, dtype_name)
+    cpu_kernels = cpu_kernels_pay_off(dev, dtype_name)  # kernels.py's fused head and explicit attention
     train_batches = TrainBatches(data, sampler, rank, world_size, dev)
     eval_batches = EvalBatches(data, run_block_size, batch_size, eval_iters, dev)
-    peak = PeakFlops(dev, ptdtype)
+    peak = hardware.PeakFlops(dev, ptdtype)
     if master:
         again = "" if peak.datasheet else f", again about every {PEAK_SAMPLE_INTERVAL} s, the best kept"
         print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s "
@@ -288,7 +290,7 @@ def main() -> None:
                 last = micro_step == micro_steps - 1
                 with model.no_sync() if ddp and not last else contextlib.nullcontext():
                     with ctx:
-                        _, loss = model(x, y)
+                        _, loss = model(x, y, cpu_kernels=cpu_kernels)
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
             scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)

@@ -1,17 +1,17 @@
-"""bench.py: the training table and JSON line on a tiny shape, and --mode=sample handing over to bench_sample.py."""
+"""bench/: the training table and JSON line on a tiny shape, and the one entry point's --mode dispatch."""
 
 import json
+import subprocess
 import sys
-import types
 
 import pytest
 
-import bench
+import bench.__main__ as entry
 from errors import UserError
 
 
 def test_train_bench_prints_table_and_json(capsys):
-    bench.main(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
+    entry.main(["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=2",
                 "--vocab_size=512", "--warmup=1", "--iters=2", "--device=cpu", "--compile=False"])
     out = capsys.readouterr().out.strip().splitlines()
     assert any(line.startswith("fp32 eager (baseline)") for line in out)
@@ -24,14 +24,16 @@ def test_train_bench_prints_table_and_json(capsys):
                                 "vocab_size": 512}
 
 
-def test_sample_mode_calls_bench_sample_main(monkeypatch):
+def test_mode_picks_the_benchmark_and_passes_the_rest(monkeypatch):
+    import bench.decoding
     calls = []
-    monkeypatch.setitem(sys.modules, "bench_sample", types.SimpleNamespace(main=calls.append))
-    bench.main(["--mode=sample", "--new_tokens=4"])
+    monkeypatch.setattr(bench.decoding, "main", calls.append)
+    entry.main(["--mode=sample", "--new_tokens=4"])
     assert calls == [["--new_tokens=4"]]
 
 
-def test_sample_mode_without_bench_sample_says_so(monkeypatch):
-    monkeypatch.setitem(sys.modules, "bench_sample", None)  # import fails as if the file were absent
-    with pytest.raises(UserError, match="bench_sample.py"):
-        bench.main(["--mode=sample"])
+def test_unknown_mode_is_one_line():
+    with pytest.raises(UserError, match="--mode=nope: use train, sample, data"):
+        entry.main(["--mode=nope"])
+    run = subprocess.run([sys.executable, "-m", "bench", "--mode=nope"], capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr and "use train, sample, data" in run.stderr

@@ -1,6 +1,6 @@
 """Benchmark: data/prepare.py's tokens/s on the mini mixture vs raw tiktoken encode_ordinary_batch.
 
-    python bench_prepare.py [--scale=1.0] [--runs=5] [--num_threads=0]
+    python -m bench --mode=data [--scale=1.0] [--runs=5] [--num_threads=0]
 
 Three numbers, each the median of `runs` interleaved timings, on the same documents (the unique documents prepare writes)
 and the same number of threads:
@@ -41,8 +41,8 @@ def median_times(fns: dict) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main() -> None:
-    configure(globals())
+def main(argv: list[str] | None = None) -> None:
+    configure(globals(), argv)
     threads = num_threads or os.cpu_count()
     enc = get_encoding()
     seen, docs = set(), []
@@ -68,7 +68,3 @@ def main() -> None:
     raw = t["raw encode_ordinary_batch"]
     for name, seconds in t.items():
         print(f"  {name:<26} {seconds:6.2f}s {n_tokens / seconds / 1e6:6.2f}M tokens/s  {raw / seconds:6.1%} of raw")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,4 +1,4 @@
-"""Decoding speed benchmark: `python bench.py --mode=sample` (or `python bench_sample.py`).
+"""Decoding speed benchmark: `python -m bench --mode=sample`.
 
 A GPT-2 small shaped model (12 layers, 768 wide; gpt2-medium's 24 x 1024 on a GPU) with random weights is
 built with transformers and saved as a transformers directory; then, in this one process, decoding of
@@ -226,7 +226,3 @@ def main(argv: list[str] | None = None) -> None:
         "ttft_ms": {k: round(1000 * v, 1) for k, v in ttft.items()},
         "logprob_drift": {name: {k: round(v, 5) for k, v in d.items()} for name, d in drift.items()},
     }))
-
-
-if __name__ == "__main__":
-    run_main(main)

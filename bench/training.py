@@ -1,4 +1,4 @@
-"""Benchmarks. `python bench.py` (--mode=train): training throughput; `--mode=sample`: decoding (bench_sample.py).
+"""Training throughput: `python -m bench` (or `python -m bench --mode=train`).
 
 Training mode times full optimizer steps (forward, backward, AdamW) of a random-weight GPT-2 shaped model on
 random tokens, in this one process, for:
@@ -18,18 +18,16 @@ Default shape on CPU: 6 layers, 6 heads, 384 wide, block 256, batch 8. On a GPU:
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
 
 import hardware
 from configurator import configure
-from errors import UserError, run_main
-from model import GPT, GPTConfig, PeakFlops
+from kernels import cpu_kernels_pay_off
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-mode = "train"  # train, or sample (decoding: bench_sample.py)
 n_layer = None  # None: 6 on CPU, 24 on GPU (gpt2-medium)
 n_head = None  # None: 6 on CPU, 16 on GPU
 n_embd = None  # None: 384 on CPU, 1024 on GPU
@@ -50,11 +48,11 @@ GPU_SHAPE = dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, batch_size
 
 
 def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int,
-               between=lambda: None) -> list[float]:
+               between=lambda: None, cpu_kernels: bool = False) -> list[float]:
     """Seconds per optimizer step, one per timed step; `between` runs after each, untimed."""
     def step():
         with ctx:
-            _, loss = model(x, y)
+            _, loss = model(x, y, cpu_kernels=cpu_kernels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -94,7 +92,7 @@ def train_bench(shape: dict) -> None:
           f"vocab {vocab_size}; train.py's dtype: {dtype_name} ({why})")
 
     # the best of matmul bursts taken before, between and after the timed steps, where there is no data sheet
-    peak = PeakFlops(dev, ptdtype)
+    peak = hardware.PeakFlops(dev, ptdtype)
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
         torch.manual_seed(seed)
@@ -113,10 +111,10 @@ def train_bench(shape: dict) -> None:
         model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
     results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
-                               between=peak.sample)
+                               between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name))
 
     peak.sample()
-    fp32_peak = PeakFlops(dev, torch.float32).flops
+    fp32_peak = hardware.PeakFlops(dev, torch.float32).flops
     rows = {}
     for name, times in results.items():
         dt = statistics.median(times)
@@ -142,22 +140,8 @@ def train_bench(shape: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--mode=sample" in argv:
-        try:
-            from bench_sample import main as sample_main
-        except ImportError as e:
-            raise UserError("bench.py --mode=sample runs bench_sample.py (the decoding benchmark), which is "
-                            "not in this checkout") from e
-        return sample_main([a for a in argv if a != "--mode=sample"])
     configure(globals(), argv)
-    if mode != "train":
-        raise UserError(f"mode={mode!r}: use train or sample")
     gpu = torch.device(hardware.pick_device(device)).type == "cuda"
     defaults = GPU_SHAPE if gpu else CPU_SHAPE
     given = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size)
     train_bench({k: defaults[k] if v is None else v for k, v in given.items()})
-
-
-if __name__ == "__main__":
-    run_main(main)
