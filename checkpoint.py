@@ -1,8 +1,11 @@
 """Saving and loading checkpoints, and getting a model from wherever the user points: the one place for it.
 
-A checkpoint (`out_dir/ckpt.pt`) is a dict of plain values and tensors:
-  model (state dict), model_args (GPTConfig fields), iter_num, best_val_loss, config (the run's settings),
-  plus whatever training needs to resume (optimizer, scaler, RNG and sampler state).
+A training run writes two files to out_dir, each a dict of plain values and tensors:
+  ckpt.pt  the latest state, everything --init_from=resume needs to continue bit for bit: model (state
+           dict), model_args (GPTConfig fields), iter_num, best_val_loss, config (the run's settings),
+           optimizer, scaler, RNG and sampler state.
+  best.pt  the weights with the lowest val loss so far: model, model_args, iter_num, best_val_loss, config.
+sample.py, chat.py and export.py use best.pt when there is one, else ckpt.pt (model_checkpoint_path).
 It is written atomically (temp file, fsync, rename), so a crash mid-write leaves the previous one intact,
 and it is read with `torch.load(weights_only=True)`, which cannot run code hidden in a pickle: a file that
 needs arbitrary unpickling is refused.
@@ -14,14 +17,26 @@ import pickle
 import torch
 
 from errors import UserError
-from model import GPT, GPTConfig
+from model import GPT, GPT2_SIZES, GPTConfig
 
-CHECKPOINT_NAME = "ckpt.pt"
+CHECKPOINT_NAME = "ckpt.pt"  # the latest full state: what --init_from=resume continues
+BEST_NAME = "best.pt"  # the weights with the best val loss
 COMPILED_PREFIX = "_orig_mod."  # torch.compile wraps the module and prefixes its parameter names
 
 
 def checkpoint_path(out_dir: str) -> str:
     return os.path.join(out_dir, CHECKPOINT_NAME)
+
+
+def best_path(out_dir: str) -> str:
+    return os.path.join(out_dir, BEST_NAME)
+
+
+def model_checkpoint_path(out_dir: str) -> str:
+    """The checkpoint whose weights a trained out_dir stands for (sampling, chat, export): best.pt, the lowest
+    val loss, when the run wrote one; else ckpt.pt (an older run, or one stopped before its first save)."""
+    best = best_path(out_dir)
+    return best if os.path.isfile(best) else checkpoint_path(out_dir)
 
 
 def save_checkpoint(checkpoint: dict, path: str) -> None:
@@ -66,15 +81,42 @@ def model_from_checkpoint(checkpoint: dict) -> GPT:
     return model
 
 
-def load_model(init_from: str, out_dir: str, device: str | torch.device = "cpu") -> tuple[GPT, dict | None]:
-    """The model to sample from or export, in eval mode on device, and its checkpoint if it came from one.
+def init_model(init_from: str, out_dir: str, scratch: GPTConfig | None = None, dropout: float | None = None,
+               block_size: int | None = None, training: bool = False) -> tuple[GPT, dict | None]:
+    """The one place init_from is read: the model it names (on the CPU) and its checkpoint, if it has one.
 
-    init_from: 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory.
+      scratch            a new GPT(scratch) with random weights (training only)
+      resume             training=True: out_dir/ckpt.pt, the full state to continue from; otherwise the
+                         weights the run stands for (model_checkpoint_path: best.pt, else ckpt.pt)
+      gpt2 ... gpt2-xl   OpenAI's weights (transformers' cache; downloaded when online)
+      an existing dir    a local transformers GPT-2 (config.json + weights)
+    For pretrained weights, dropout overrides theirs and block_size crops or extends the positions.
+    Anything else is one line; a path that does not exist is said to be one, and never tried on the Hub.
     """
+    if init_from == "scratch":
+        if scratch is None:
+            raise UserError("init_from=scratch has no weights to load: use resume (a trained --out_dir), "
+                            f"{', '.join(GPT2_SIZES)}, or a local transformers GPT-2 directory")
+        if scratch.n_embd % scratch.n_head:
+            raise UserError(f"n_embd={scratch.n_embd} must be divisible by n_head={scratch.n_head}")
+        return GPT(scratch), None
     if init_from == "resume":
-        checkpoint = load_checkpoint(checkpoint_path(out_dir), map_location="cpu")
-        model = model_from_checkpoint(checkpoint)
-    else:
-        checkpoint = None
-        model = GPT.from_pretrained(init_from)
+        checkpoint = load_checkpoint(checkpoint_path(out_dir) if training else model_checkpoint_path(out_dir))
+        return model_from_checkpoint(checkpoint), checkpoint
+    if init_from not in GPT2_SIZES and not os.path.isdir(init_from):
+        if os.sep in init_from or init_from.startswith((".", "~")):  # a path, not a name
+            raise UserError(f"init_from={init_from}: no such directory; point it at a local transformers GPT-2 "
+                            "directory (config.json + model.safetensors)")
+        raise UserError(f"unknown init_from '{init_from}': use scratch, resume, {', '.join(GPT2_SIZES)}, "
+                        "or a local transformers GPT-2 directory")
+    model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
+    if block_size is not None:
+        model.set_block_size(block_size)  # extend (position interpolation) or crop the checkpoint's positions
+    return model, None
+
+
+def load_model(init_from: str, out_dir: str, device: str | torch.device = "cpu") -> tuple[GPT, dict | None]:
+    """The model to sample from or export (init_model's choice of weights), in eval mode on device, and its
+    checkpoint if it came from one."""
+    model, checkpoint = init_model(init_from, out_dir)
     return model.to(device).eval(), checkpoint

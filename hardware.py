@@ -23,17 +23,29 @@ from errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' if there is a GPU, else 'cpu'; anything else is checked and returned."""
+def pick_device(device: str, local_rank: int = 0) -> str:
+    """The device to run on, normalised: 'cpu', 'cuda:N' (never a bare 'cuda'), 'mps', ...
+
+    'auto' is the GPU if torch sees one, else the CPU. A GPU always gets its index here, because
+    torch.cuda.set_device (and so every CUDA setup step) refuses a device without one; 'auto' and 'cuda'
+    take local_rank, which torchrun gives each of its processes on a machine (0 otherwise).
+    """
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError as e:
         raise UserError(f"device={device!r} is not a torch device: use auto, cpu, cuda or cuda:N") from e
-    if kind == "cuda" and not torch.cuda.is_available():
+    if parsed.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise UserError(f"device={device} but torch sees no CUDA GPU: use --device=cpu (or auto)")
-    return device
+    index = local_rank if parsed.index is None else parsed.index
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"device={device} asks for GPU {index} but torch sees {count} (CUDA_VISIBLE_DEVICES "
+                        "decides which): use --device=cuda:0 ... or start fewer processes")
+    return f"cuda:{index}"
 
 
 def cpu_flags() -> set[str]:
@@ -116,30 +128,82 @@ def set_cpu_threads(local_world_size: int) -> None:
     torch.set_num_threads(max(1, cpu_cores() // local_world_size))
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether e is an allocator's refusal: CUDA raises torch.OutOfMemoryError, CPUs a RuntimeError."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
 @contextlib.contextmanager
 def explain_out_of_memory(batch_size: int, block_size: int):
     """Turn an out-of-memory error into one line that says what to change."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as e:
-        text = str(e)
-        if not (isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text):
+        if not is_out_of_memory(e):
             raise
         raise UserError(f"out of memory with batch_size={batch_size} at block_size={block_size}: use a smaller "
                         "--batch_size (raise --gradient_accumulation_steps to keep the tokens per iteration) "
                         "or --gradient_checkpointing=True") from e
 
 
+def memory_bytes(device: str) -> int:
+    """Total memory of the device: the GPU's, or the machine's RAM for a CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def training_memory_bytes(n_params: int, n_layer: int, n_embd: int, vocab_size: int, tokens: int,
+                          dtype: str, checkpointing: bool) -> int:
+    """A planning estimate of a training step's peak memory in bytes (not a measurement), for `tokens`
+    tokens per micro-batch.
+
+    Weights, gradients and AdamW's two moments are fp32: 16 bytes a parameter. Activations: about 34 bytes
+    per token per unit of width per layer in 16-bit autocast (Korthikanti et al. 2022, "Reducing Activation
+    Recomputation"), with SDPA's flash or memory-efficient attention, which keeps no T x T scores: so the
+    same for 1 x 4096 tokens as for 4 x 1024. Twice that in fp32. Recomputing each block in backward keeps
+    only each block's input (2 bytes per token per width, 4 in fp32) plus one block's worth. The LM head
+    holds the logits, their log-softmax and their gradient: about 8 bytes per token per vocabulary entry.
+    """
+    scale = 2 if dtype == "float32" else 1
+    per_layer = tokens * n_embd * 34 * scale
+    activations = (tokens * n_embd * 2 * scale * n_layer + per_layer) if checkpointing else per_layer * n_layer
+    return 16 * n_params + activations + tokens * vocab_size * 8 * scale
+
+
+def pick_activation_checkpointing(setting, n_params: int, n_layer: int, n_embd: int, vocab_size: int,
+                                  tokens: int, dtype: str, total_memory: int) -> tuple[bool, str]:
+    """Whether to recompute each block's activations in backward, and why: (on?, why). True/False as set;
+    None (or 'auto'): on only where the planned memory of a step without it (training_memory_bytes) exceeds
+    3/4 of the device's, since it costs about 30% more compute."""
+    if isinstance(setting, str) and setting.lower() in ("true", "false"):
+        setting = setting.lower() == "true"
+    if setting is True or setting is False:
+        return setting, "set by gradient_checkpointing"
+    if setting not in (None, "auto"):
+        raise UserError(f"gradient_checkpointing={setting!r}: use True, False, or None (auto)")
+    need = training_memory_bytes(n_params, n_layer, n_embd, vocab_size, tokens, dtype, checkpointing=False)
+    on = need > 0.75 * total_memory
+    return on, (f"auto: a step needs about {need / 2**30:.1f} GiB without it, "
+                f"{'more' if on else 'less'} than 3/4 of the device's {total_memory / 2**30:.0f} GiB")
+
+
 def compile_pays_off(device: str) -> tuple[bool, str]:
     """Whether train.py compiles the model on `device`, and why: (yes or no, reason).
 
-    GPUs: yes. CPUs: yes where inductor can build its C++ kernels (a compiler, torch's headers, OpenMP). It
+    GPUs: yes where Triton runs, compute capability 7.0 and up (V100, T4, A100, ...); older ones train eager.
+    CPUs: yes where inductor can build its C++ kernels (a compiler, torch's headers, OpenMP). It
     fuses the elementwise work between the matmuls (GELU, LayerNorm, residual adds, casts, dropout), which on
     a CPU is a large share of a step; the cost is compiling up front (figures in README.md, Benchmark).
     Other devices (mps): not measured, so no.
     """
     kind = torch.device(device).type
     if kind == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (7, 0):
+            return False, f"GPU compute capability {major}.{minor} is below the 7.0 that Triton needs"
         return True, "on a GPU"
     if kind != "cpu":
         return False, f"not measured on {kind}"
@@ -163,23 +227,64 @@ def inductor_cpu_problem() -> str | None:
 
 # ---- device peaks for MFU -----------------------------------------------------------------------------
 
-# Dense tensor-core peaks in FLOP/s from the vendors' data sheets, by device name and dtype. fp32 on
-# A100/H100 is TF32. Matched by substring of torch.cuda.get_device_name(), most specific first.
+# Dense tensor-core peaks in FLOP/s from the vendors' data sheets, by model and form factor; fp32 is TF32
+# where the GPU has it (Ampere and later: train.py allows TF32 matmuls). A name is matched exactly (gpu_model): "L40" is not "L4", an "H100 NVL" is not an
+# SXM H100, and a name with anything unrecognised (a MIG slice, a new variant) gets no data-sheet figure
+# and is measured instead. Form None: the name carries no form factor (for H100/H200 that is the SXM part).
 GPU_PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
-    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
-    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12},
-    "A10G": {"bf16": 70e12, "fp16": 70e12, "fp32": 35e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
-    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
-    "RTX 3090": {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},
-    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+    ("H200", None): {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    ("H200", "NVL"): {"bf16": 836e12, "fp16": 836e12, "fp32": 418e12},
+    ("H100", None): {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    ("H100", "SXM"): {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    ("H100", "PCIe"): {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
+    ("H100", "NVL"): {"bf16": 835e12, "fp16": 835e12, "fp32": 418e12},
+    ("A100", None): {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    ("A100", "SXM"): {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    ("A100", "PCIe"): {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    ("L40S", None): {"bf16": 362e12, "fp16": 362e12, "fp32": 183e12},
+    ("L40", None): {"bf16": 181e12, "fp16": 181e12, "fp32": 90.5e12},
+    ("L4", None): {"bf16": 121e12, "fp16": 121e12, "fp32": 60e12},
+    ("A10G", None): {"bf16": 70e12, "fp16": 70e12, "fp32": 35e12},
+    ("A10", None): {"bf16": 125e12, "fp16": 125e12, "fp32": 62.5e12},
+    ("RTX 4090", None): {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
+    ("RTX 3090", None): {"bf16": 71e12, "fp16": 71e12, "fp32": 35.6e12},
+    ("V100", "SXM"): {"fp16": 125e12, "fp32": 15.7e12},
+    ("V100", "PCIe"): {"fp16": 112e12, "fp32": 14e12},
+    ("T4", None): {"fp16": 65e12, "fp32": 8.1e12},
 }
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+VENDOR_WORDS = {"NVIDIA", "Tesla", "GeForce"}
+
+
+def gpu_model(name: str) -> tuple[str, str | None] | None:
+    """(model, form factor) from torch.cuda.get_device_name(), e.g. 'NVIDIA H100 80GB HBM3' -> ('H100', None),
+    'NVIDIA A100-SXM4-80GB' -> ('A100', 'SXM'), 'Tesla V100-PCIE-16GB' -> ('V100', 'PCIe'); None when the
+    name holds a word that is not the model, a form factor or a memory size (say 'MIG 1g.10gb')."""
+    words = [w for w in name.replace("-", " ").split() if w not in VENDOR_WORDS]
+    if not words:
+        return None
+    model, rest = (" ".join(words[:2]), words[2:]) if words[0] == "RTX" else (words[0], words[1:])
+    form = None
+    for word in rest:
+        upper = word.upper()
+        if upper.startswith("SXM"):
+            form = "SXM"
+        elif upper in ("PCIE", "NVL"):
+            form = "PCIe" if upper == "PCIE" else "NVL"
+        elif not (upper.endswith("GB") and upper[:-2].isdigit()) and upper not in ("HBM2", "HBM2E", "HBM3", "HBM3E"):
+            return None
+    return model, form
+
+
+def datasheet_peak_flops(name: str, dtype: torch.dtype) -> float | None:
+    """The data-sheet peak for a GPU of this name and dtype, or None (unknown: measure it instead)."""
+    key = gpu_model(name)
+    if key is None:
+        return None
+    peaks = GPU_PEAK_FLOPS.get(key)
+    if peaks is None and key[1] == "SXM":  # a card sold only as SXM may name it or not
+        peaks = GPU_PEAK_FLOPS.get((key[0], None))
+    return peaks.get(DTYPE_NAMES.get(dtype, "fp32")) if peaks else None
 
 
 def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float | None:
@@ -187,19 +292,21 @@ def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float |
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_PEAK_FLOPS.items():
-        if key in name:
-            return peaks.get(DTYPE_NAMES.get(dtype, "fp32"))
-    return None
+    return datasheet_peak_flops(torch.cuda.get_device_name(device), dtype)
 
 
-def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10,
-                       min_seconds: float = 0.5) -> float:
+def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 10,
+                       min_seconds: float = 0.5, per_sync: int | None = None) -> float:
     """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
-    The honest denominator for MFU where no data-sheet peak applies (a CPU). It keeps multiplying for at
-    least min_seconds, so a moment of contention (another process, a CPU clocking up) cannot set the peak."""
+    The honest denominator for MFU where no data-sheet peak applies (a CPU, an unknown GPU). It keeps
+    multiplying for at least min_seconds, so a moment of contention (another process, a CPU clocking up)
+    cannot set the peak. On a GPU the products are large (8192^3, about a millisecond on an H100) and several
+    run between synchronisations, so launch and sync overheads do not count as slowness (with one 2048^3
+    product per sync a big GPU reads far below its peak, and MFU then reads high)."""
     device = torch.device(device)
+    gpu = device.type == "cuda"
+    n = n or (8192 if gpu else 2048)
+    per_sync = per_sync or (8 if gpu else 1)
     gen = torch.Generator(device).manual_seed(0)  # its own: measuring never moves the training RNG (dropout)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
@@ -207,13 +314,14 @@ def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int = 
     a @ b  # warm up caches and kernels
     started, done = time.perf_counter(), 0
     while done < repeats or time.perf_counter() - started < min_seconds:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        if gpu:
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        for _ in range(per_sync):
+            a @ b
+        if gpu:
+            torch.cuda.synchronize(device)
+        best = min(best, (time.perf_counter() - t0) / per_sync)
         done += 1
     return 2 * n ** 3 / best
 

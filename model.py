@@ -201,11 +201,16 @@ class GPT(nn.Module):
             return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-1, reduction=reduction)
+            # In the logits' own dtype, outside autocast (which would make full fp32 copies of the tokens x
+            # vocab logits and their log-softmax): the softmax still sums in fp32 inside the kernel, and the
+            # per-token losses are averaged in fp32, so bf16/fp16 round each token's loss, not the mean.
+            with torch.autocast(logits.device.type, enabled=False):
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                                       reduction="none").float()
             if reduction == "none":
-                loss = loss.view(targets.shape)
-            return None, loss
+                return None, loss.view(targets.shape)
+            valid = (targets != -1).sum()
+            return None, loss.sum() / valid if reduction == "mean" else loss.sum()
         if not all_logits:
             x = x[:, [-1], :]
         return self.lm_head(x), None

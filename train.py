@@ -6,9 +6,11 @@
     torchrun --standalone --nproc_per_node=8 train.py config/finetune_phi.py   # one machine, 8 GPUs (DDP)
 
 Settings are the globals below (python train.py --help lists them); config files and --key=value override
-them. Every eval prints one table row: train and val loss, and val loss per tag. Checkpoints go to
-out_dir/ckpt.pt atomically and hold everything needed to resume the run bit for bit; Ctrl-C or SIGTERM saves
-one before exiting.
+them. Every eval prints one table row: train and val loss, and val loss per tag. out_dir/ckpt.pt holds the
+latest state, everything needed to resume the run bit for bit; out_dir/best.pt the weights with the best val
+loss (what sample.py, chat.py and export.py use). Both are written atomically: at every eval with
+always_save_checkpoint, else at most every checkpoint_interval seconds; always at the end, and on Ctrl-C or
+SIGTERM before exiting.
 """
 
 import contextlib
@@ -23,21 +25,23 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hardware
-from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import best_path, checkpoint_path, init_model, save_checkpoint
 from configurator import configure
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError, run_main
 from logger import RunLogger
 from kernels import cpu_kernels_pay_off
-from model import GPT, GPT2_SIZES, GPTConfig
+from model import GPT, GPTConfig
+from tokenizer import VOCAB_SIZE
 
 # -----------------------------------------------------------------------------
 # I/O
 out_dir = "out"
 eval_interval = 250
 log_interval = 10
-eval_iters = 20  # batches per eval set (train, val, per-tag val)
-always_save_checkpoint = True  # False: save only when val loss reaches a new best
+eval_iters = 20  # batches per eval set (train, val, per-tag val), shared among the processes
+always_save_checkpoint = True  # write ckpt.pt (and best.pt) at every eval; False: see checkpoint_interval
+checkpoint_interval = 600  # with always_save_checkpoint=False: seconds between writes during the run (also at the end)
 init_from = "scratch"  # scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local transformers dir
 # wandb logging
 wandb_log = False
@@ -54,7 +58,8 @@ n_head = 6
 n_embd = 384
 dropout = 0.0
 bias = True
-gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower
+gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower;
+# None: only where a step would not fit the device's memory without it (hardware.pick_activation_checkpointing)
 # AdamW
 learning_rate = 1e-3
 max_iters = 2000
@@ -76,6 +81,7 @@ seed = 1337
 # -----------------------------------------------------------------------------
 
 PEAK_SAMPLE_INTERVAL = 60  # seconds between matmul peak measurements for MFU, where no data sheet applies
+MAX_SKIPPED_STEPS = 20  # fp16: consecutive overflowing steps (the loss scale halves each time) before stopping
 
 
 def get_lr(it: int) -> float:
@@ -91,28 +97,48 @@ def get_lr(it: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
-def init_model(data: TaggedData, checkpoint: dict | None) -> GPT:
-    """The model init_from asks for, at block_size positions (resumed runs keep their checkpoint's shape)."""
-    if init_from == "resume":
-        return model_from_checkpoint(checkpoint)
-    if init_from == "scratch":
-        vocab_size = math.ceil(data.vocab_size / 64) * 64  # padded: multiples of 64 run faster
-        if n_embd % n_head:
-            raise UserError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
-        return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                             n_embd=n_embd, dropout=dropout, bias=bias))
-    if init_from not in GPT2_SIZES and not os.path.isdir(init_from):
-        raise UserError(f"unknown init_from '{init_from}': use scratch, resume, {', '.join(GPT2_SIZES)}, "
-                        "or a local transformers GPT-2 directory")
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    if model.config.vocab_size < data.vocab_size:
-        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
-    model.set_block_size(block_size)  # extend (position interpolation) or crop the checkpoint's positions
-    return model
+def check_settings() -> None:
+    """Settings that cannot make a meaningful run: one line each, before any work."""
+    for name, value in (("eval_iters", eval_iters), ("eval_interval", eval_interval), ("log_interval", log_interval),
+                        ("batch_size", batch_size), ("gradient_accumulation_steps", gradient_accumulation_steps)):
+        if value < 1:
+            raise UserError(f"{name}={value} must be at least 1" + (
+                " (an eval of no batches would report a val loss of 0, best forever); lower --eval_interval's "
+                "frequency instead to evaluate less" if name == "eval_iters" else ""))
+    if checkpoint_interval < 0 or max_iters < 0:
+        raise UserError(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} cannot be negative")
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: dict, ctx, n_tags: int, rank: int = 0, world_size: int = 1) -> list[float]:
+    """Mean loss per token on the fixed eval windows: [per tag..., train, val] (NaN for a tag with no tokens).
+
+    Each process evaluates every world_size-th batch; the float64 sums and counts are all-reduced, then
+    rank 0's totals broadcast, so every rank holds the same bits and makes the same "new best" decision
+    (ranks deciding from their own evals can differ in the last bits, as CUDA's index_add_ sums in no fixed
+    order, and one rank then waits alone in the save's collective: a hang).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(2, n_tags + 2, dtype=torch.float64, device=device)  # sums, counts; slots: tags, train, val
+    for name, slot in (("train", n_tags), ("val", n_tags + 1), ("tags", None)):
+        for x, y, tag_ids in batches[name][rank::world_size]:
+            with ctx:
+                _, loss = model(x, y, reduction="none")
+            where = tag_ids.flatten() if slot is None else torch.full_like(y.flatten(), slot)
+            totals[0].index_add_(0, where, loss.flatten().double())
+            totals[1].index_add_(0, where, torch.ones_like(loss.flatten(), dtype=torch.float64))
+    model.train()
+    if world_size > 1:
+        dist.all_reduce(totals)
+        dist.broadcast(totals, src=0)
+    sums, counts = totals.tolist()
+    return [s / c if c > 0 else float("nan") for s, c in zip(sums, counts)]
 
 
 def main() -> None:
     config = configure(globals())
+    check_settings()
 
     # ---- processes, device, precision ------------------------------------------------------------------
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
@@ -120,9 +146,7 @@ def main() -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     master = rank == 0
-    dev = hardware.pick_device(device)
-    if ddp and dev == "cuda":
-        dev = f"cuda:{local_rank}"
+    dev = hardware.pick_device(device, local_rank)  # a GPU always with its index: cuda:N
     device_type = torch.device(dev).type
     if device_type == "cuda":
         torch.cuda.set_device(dev)
@@ -142,8 +166,10 @@ def main() -> None:
     torch.manual_seed(seed + rank)  # dropout differs per rank; DDP copies rank 0's initial weights to all
 
     # ---- data and model -------------------------------------------------------------------------------
-    checkpoint = load_checkpoint(checkpoint_path(out_dir)) if init_from == "resume" else None
-    run_block_size = checkpoint["model_args"]["block_size"] if checkpoint else block_size
+    scratch = GPTConfig(block_size=block_size, vocab_size=math.ceil(VOCAB_SIZE / 64) * 64,  # padded: runs faster
+                        n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
+    model, checkpoint = init_model(init_from, out_dir, scratch, dropout, block_size, training=True)
+    run_block_size = model.config.block_size  # a resumed run keeps its checkpoint's
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
     if ddp and local_rank != 0:
@@ -151,8 +177,12 @@ def main() -> None:
     data = TaggedData(open_dataset(dataset), run_block_size)
     if ddp and local_rank == 0:
         dist.barrier()
-    model = init_model(data, checkpoint)
-    model.gradient_checkpointing = gradient_checkpointing
+    if model.config.vocab_size < data.vocab_size:
+        raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
+    tokens_per_micro_batch = batch_size * run_block_size
+    model.gradient_checkpointing, why_checkpointing = hardware.pick_activation_checkpointing(
+        gradient_checkpointing, model.get_num_params(non_embedding=False), model.config.n_layer, model.config.n_embd,
+        model.config.vocab_size, tokens_per_micro_batch, dtype_name, hardware.memory_bytes(dev))
     model.to(dev)
     raw_model = model  # the plain module: for eval, checkpoints and MFU
     tokens_per_iter = gradient_accumulation_steps * batch_size * run_block_size
@@ -163,6 +193,7 @@ def main() -> None:
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
+        print(f"activation checkpointing {'on' if raw_model.gradient_checkpointing else 'off'} ({why_checkpointing})")
 
     optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
     scaler = hardware.grad_scaler(dev, dtype_name)
@@ -178,6 +209,8 @@ def main() -> None:
         iter_num, best_val_loss = checkpoint["iter_num"], checkpoint["best_val_loss"]
         if master:
             print(f"resuming from {checkpoint_path(out_dir)} at iteration {iter_num} (best val loss {best_val_loss:.4f})")
+    rng_states = checkpoint["rng"] if checkpoint else None
+    checkpoint = None  # free the memory: the model and optimizer hold their own copies now
 
     if compile:
         use_compile, why_compile = hardware.compile_pays_off(dev)
@@ -187,7 +220,7 @@ def main() -> None:
         if use_compile:
             model = torch.compile(model)
     if ddp:
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        model = DDP(model, device_ids=[torch.device(dev).index] if device_type == "cuda" else None)
     ctx = hardware.autocast(dev, dtype_name)
     cpu_kernels = cpu_kernels_pay_off(dev, dtype_name)  # kernels.py's fused head and explicit attention
     train_batches = TrainBatches(data, sampler, rank, world_size, dev)
@@ -199,27 +232,26 @@ def main() -> None:
               f"({peak.describe()} on {dev}{again})")
     logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config)
 
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        """Mean loss per token on the fixed eval windows: train, val, and val per tag."""
-        raw_model.eval()
-        n_tags = len(data.tags)
-        sums, counts = torch.zeros(n_tags + 2, device=dev), torch.zeros(n_tags + 2, device=dev)
-        for name, slot in (("train", n_tags), ("val", n_tags + 1), ("tags", None)):  # slot: where its sums go
-            for x, y, tag_ids in eval_batches.batches[name]:
-                with ctx:
-                    _, loss = raw_model(x, y, reduction="none")
-                where = tag_ids.flatten() if slot is None else torch.full_like(y.flatten(), slot)
-                sums.index_add_(0, where, loss.flatten().float())
-                counts.index_add_(0, where, torch.ones_like(loss.flatten(), dtype=torch.float))
-        raw_model.train()
-        means = (sums / counts.clamp(min=1)).tolist()
-        out = {"train": means[n_tags], "val": means[n_tags + 1]}
-        out.update({tag: means[i] if counts[i] > 0 else float("nan") for i, tag in enumerate(data.tags)})
-        return out
+    # best.pt: the weights of the best eval, copied to the CPU when it happens (into buffers kept for the run)
+    # and written with the next ckpt.pt, so a fast GPU evaluating every few steps does not write each one
+    best = {"model": None, "iter_num": None, "unsaved": False}  # master only
+    last_save = [time.time()]
+
+    def remember_best() -> None:
+        state = raw_model.state_dict()
+        if best["model"] is None:
+            by_storage = {}  # tied weights (the head is the token embedding) keep sharing one buffer
+            best["model"] = {k: by_storage.setdefault(v.data_ptr(), torch.empty_like(
+                v, device="cpu", pin_memory=device_type == "cuda")) for k, v in state.items()}
+        for k, v in state.items():
+            best["model"][k].copy_(v.detach(), non_blocking=True)
+        if device_type == "cuda":
+            torch.cuda.synchronize(dev)
+        best["iter_num"], best["unsaved"] = iter_num, True
 
     def save(reason: str) -> None:
-        """Write the checkpoint (master), with every rank's RNG state so each resumes its own stream."""
+        """Write best.pt if a better eval came since, then ckpt.pt (master), with every rank's RNG state so each
+        resumes its own stream. best.pt goes first: ckpt.pt's best_val_loss always has its weights on disk."""
         rng = {"torch": [torch.get_rng_state()], "cuda": [torch.cuda.get_rng_state()] if device_type == "cuda" else []}
         if ddp:
             for key, states in rng.items():
@@ -227,12 +259,19 @@ def main() -> None:
                 dist.all_gather_object(gathered, states[0].cpu() if states else None)
                 rng[key] = gathered if states else []
         if master:
+            if best["unsaved"]:
+                save_checkpoint({"model": best["model"], "model_args": dict(vars(raw_model.config)),
+                                 "iter_num": best["iter_num"], "best_val_loss": best_val_loss, "config": config},
+                                best_path(out_dir))
+                best["unsaved"] = False
             save_checkpoint({
                 "model": raw_model.state_dict(), "model_args": dict(vars(raw_model.config)),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
                 "rng": rng, "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config,
             }, checkpoint_path(out_dir))
-            print(f"saved checkpoint at iteration {iter_num} to {checkpoint_path(out_dir)} ({reason})")
+            where_best = f"; best.pt is iteration {best['iter_num']}'s" if best["iter_num"] is not None else ""
+            print(f"saved checkpoint at iteration {iter_num} to {checkpoint_path(out_dir)} ({reason}{where_best})")
+        last_save[0] = time.time()
 
     # Ctrl-C, a closed notebook or a cluster's SIGTERM: finish the iteration, save, exit. A second one kills.
     stop_signal = []
@@ -251,21 +290,22 @@ def main() -> None:
                          f"keeps the last good state. {advice}")
 
     # ---- the training loop ----------------------------------------------------------------------------
-    if checkpoint:  # the RNG (dropout) last, once nothing else draws from it (building the model does)
-        rng = checkpoint["rng"]
-        torch.set_rng_state(rng["torch"][rank % len(rng["torch"])])
-        if device_type == "cuda" and rng["cuda"]:
-            torch.cuda.set_rng_state(rng["cuda"][rank % len(rng["cuda"])])
-    checkpoint = None  # free the memory
+    if rng_states:  # the RNG (dropout) last, once nothing else draws from it (building the model does)
+        torch.set_rng_state(rng_states["torch"][rank % len(rng_states["torch"])])
+        if device_type == "cuda" and rng_states["cuda"]:
+            torch.cuda.set_rng_state(rng_states["cuda"][rank % len(rng_states["cuda"])])
     if master:
         print("evals: loss per token on fixed windows; the tag columns are val loss on each tag's documents")
         print(" | ".join(["iter".rjust(6), "train".rjust(7), "val".rjust(7)] + [t.rjust(8) for t in data.tags]))
-    stop = torch.zeros(3, device=dev)  # (this iteration's mean loss, stop requested, grad norm): reduced over ranks
+    # (this iteration's mean loss, stop requested, grad norm, checkpoint due by rank 0's clock): reduced over ranks
+    stop = torch.zeros(4, device=dev)
+    skipped_steps = 0  # fp16: consecutive steps the GradScaler skipped
     t0 = time.time()
     with hardware.explain_out_of_memory(batch_size, run_block_size):
         while True:
             if iter_num % eval_interval == 0 or iter_num >= max_iters:
-                losses = evaluate()
+                means = evaluate(raw_model, eval_batches.batches, ctx, len(data.tags), rank, world_size)
+                losses = {"train": means[-2], "val": means[-1], **dict(zip(data.tags, means))}
                 if master:
                     print(" | ".join([f"{iter_num:6d}", f"{losses['train']:7.4f}", f"{losses['val']:7.4f}"]
                                      + [f"{losses[t]:8.4f}" for t in data.tags]))
@@ -273,14 +313,16 @@ def main() -> None:
                             **{f"val/loss_{t}": losses[t] for t in data.tags}, "lr": get_lr(iter_num)}, step=iter_num)
                 if not math.isfinite(losses["val"]):
                     raise diverged(f"val loss became {losses['val']}", "Lower --learning_rate")
-                new_best = losses["val"] < best_val_loss
-                best_val_loss = min(best_val_loss, losses["val"])
-                if iter_num > 0 and (new_best or always_save_checkpoint):
-                    save("new best val loss" if new_best else "always_save_checkpoint")
+                if losses["val"] < best_val_loss:  # the same on every rank: evaluate() reduced it
+                    best_val_loss = losses["val"]
+                    if master:
+                        remember_best()
+                if iter_num >= max_iters:
+                    save("end of run")
+                    break
+                if iter_num > 0 and always_save_checkpoint:
+                    save("always_save_checkpoint")
                 t0 = time.time()  # ms/iter measures training only
-            if iter_num >= max_iters:
-                break
-
             lr = get_lr(iter_num)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -295,12 +337,13 @@ def main() -> None:
                 loss_sum += loss.detach().float()
             scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
-            stop[0], stop[1], stop[2] = loss_sum / micro_steps, float(bool(stop_signal)), total_norm
+            due = master and not always_save_checkpoint and time.time() - last_save[0] >= checkpoint_interval
+            stop[0], stop[1], stop[2], stop[3] = loss_sum / micro_steps, float(bool(stop_signal)), total_norm, float(due)
             if ddp:
                 dist.all_reduce(stop)
                 stop[0] /= world_size
                 stop[2] /= world_size  # the same on every rank: gradients are all-reduced
-            loss_value, stop_votes, grad_norm = stop.tolist()
+            loss_value, stop_votes, grad_norm, save_due = stop.tolist()
             stop_requested = stop_votes > 0
             if not math.isfinite(loss_value):
                 raise diverged(f"loss became {loss_value}", "Lower --learning_rate, keep --grad_clip on, or use "
@@ -309,6 +352,11 @@ def main() -> None:
                 # fp16's scaler skips such a step and lowers its scale. Without one, the step would write NaN
                 # into the weights, finite loss or not, and the next save would keep them.
                 raise diverged(f"gradient norm became {grad_norm}", "Lower --learning_rate or raise --warmup_iters")
+            skipped_steps = 0 if math.isfinite(grad_norm) else skipped_steps + 1
+            if skipped_steps >= MAX_SKIPPED_STEPS:  # the scaler would go on halving its scale and skipping forever
+                raise diverged(f"the float16 gradients overflowed {skipped_steps} steps in a row (loss scale now "
+                               f"{scaler.get_scale():.3g})", "Use --dtype=bfloat16 (GPUs of compute capability 8.0 "
+                               "and up) or --dtype=float32, or lower --learning_rate")
             if grad_clip > 0:
                 torch.nn.utils.clip_grads_with_norm_(raw_model.parameters(), grad_clip, total_norm)
             scaler.step(optimizer)
@@ -321,9 +369,10 @@ def main() -> None:
             if master and iter_num % log_interval == 0:
                 peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
+                memory = f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB" if device_type == "cuda" else ""
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
-                      f"epoch {sampler.epochs():.3f}")
+                      f"epoch {sampler.epochs():.3f}{memory}")
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                             "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
                             "epoch": sampler.epochs()}, step=iter_num)
@@ -333,6 +382,9 @@ def main() -> None:
                 if master:
                     print(f"stopped at iteration {iter_num}; continue with --init_from=resume")
                 break
+            if save_due > 0:
+                save(f"{checkpoint_interval} s since the last")
+                t0 = time.time()
     logger.finish()
     if ddp:
         # Tear down in order: wait for every rank (rank 0 may still be saving), free DDP's reducer (it holds

@@ -4,7 +4,11 @@ Training mode times full optimizer steps (forward, backward, AdamW) of a random-
 random tokens, in this one process, for:
   1. a plain fp32 eager PyTorch loop (the baseline: default allocator, default AdamW, no autocast), then
   2. train.py's setup: dtype chosen for the hardware (hardware.py), CPU allocator tuning, the model's own
-     optimizer, and torch.compile where train.py would use it (--compile=False/True forces it off/on).
+     optimizer, and torch.compile where train.py would use it (--compile=False/True forces it off/on); each
+     step does what train.py's does: the GradScaler (active in fp16), unscaling, the gradient norm and
+     clipping to 1.0.
+Where the fp32 baseline does not fit in the device's memory (gpt2-medium's shape on a 16 GB T4), it says
+so in one line and the table has train.py's row alone.
 Each is a median over `iters` timed steps after `warmup` steps. FLOPs are counted honestly with
 model.flops_per_token() (6 x parameters + attention; the LM head included, no recompute counted), and MFU is
 against the peak this device reaches on a large (2048^3) matmul in the chosen dtype (measured before, between
@@ -47,14 +51,29 @@ CPU_SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8)
 GPU_SHAPE = dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, batch_size=4)
 
 
-def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int,
-               between=lambda: None, cpu_kernels: bool = False) -> list[float]:
-    """Seconds per optimizer step, one per timed step; `between` runs after each, untimed."""
+BASELINE = "fp32 eager (baseline)"
+
+
+def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int, between=lambda: None,
+               cpu_kernels: bool = False, scaler: torch.amp.GradScaler | None = None,
+               grad_clip: float = 0.0) -> list[float]:
+    """Seconds per optimizer step, one per timed step; `between` runs after each, untimed. With a scaler,
+    a step is train.py's: scaled backward, unscale, gradient norm, clipping to grad_clip, scaler step."""
     def step():
         with ctx:
             _, loss = model(x, y, cpu_kernels=cpu_kernels)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            params = [p for p in model.parameters() if p.grad is not None]
+            total_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if grad_clip > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, grad_clip, total_norm)
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     def sync():
@@ -72,6 +91,20 @@ def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: i
         times.append(time.perf_counter() - t0)
         between()
     return times
+
+
+def unless_out_of_memory(what: str, run, dev: str):
+    """run()'s result, or None after one line saying that `what` does not fit on dev (other errors pass)."""
+    try:
+        return run()
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not hardware.is_out_of_memory(e):
+            raise
+    if torch.device(dev).type == "cuda":
+        torch.cuda.empty_cache()
+    print(f"{what}: out of memory on {dev} ({hardware.memory_bytes(dev) / 2**30:.0f} GiB); left out of this run "
+          "(a smaller --batch_size fits, or --baseline=False skips it)")
+    return None
 
 
 def train_bench(shape: dict) -> None:
@@ -95,12 +128,14 @@ def train_bench(shape: dict) -> None:
     peak = hardware.PeakFlops(dev, ptdtype)
     results = {}
     if baseline:  # before any tuning: the process is as plain PyTorch leaves it
-        torch.manual_seed(seed)
-        model = GPT(config).to(dev)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        results["fp32 eager (baseline)"] = time_steps(model, optimizer, hardware.autocast(dev, "float32"), x, y,
-                                                      dev, warmup, iters)
-        del model, optimizer
+        def plain_loop():
+            torch.manual_seed(seed)
+            model = GPT(config).to(dev)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            return time_steps(model, optimizer, hardware.autocast(dev, "float32"), x, y, dev, warmup, iters)
+        times = unless_out_of_memory(BASELINE, plain_loop, dev)
+        if times:
+            results[BASELINE] = times
     if cpu:
         hardware.keep_freed_memory_on_cpu()
     torch.manual_seed(seed)
@@ -111,7 +146,8 @@ def train_bench(shape: dict) -> None:
         model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
     results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
-                               between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name))
+                               between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name),
+                               scaler=hardware.grad_scaler(dev, dtype_name), grad_clip=1.0)
 
     peak.sample()
     fp32_peak = hardware.PeakFlops(dev, torch.float32).flops
@@ -124,7 +160,7 @@ def train_bench(shape: dict) -> None:
     print(f"peak: {peak.flops / 1e12:.2f} TFLOP/s ({peak.describe()}); fp32 peak {fp32_peak / 1e12:.2f} TFLOP/s; "
           f"{flops_per_step / 1e9:.1f} GFLOP per step; median of {iters} steps after {warmup} warm-up")
     print(f"{'':32} {'tokens/s':>9} {'ms/iter':>9} {'(min-max)':>15} {'TFLOP/s':>8} {'MFU':>6} {'speedup':>8}")
-    base = rows.get("fp32 eager (baseline)")
+    base = rows.get(BASELINE)
     for name, r in rows.items():
         speedup = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         print(f"{name:32} {r['tokens_per_s']:9,.0f} {r['ms_per_iter']:9.1f} {r['ms_min']:7.0f}-{r['ms_max']:<7.0f} "

@@ -49,7 +49,6 @@ def test_scaler_only_for_fp16_and_bad_dtype_is_a_user_error():
 def test_cpu_trains_eager_where_inductor_cannot_build_kernels(monkeypatch):
     import torch._dynamo
     import torch._inductor.config as inductor_config
-    assert hardware.compile_pays_off("cuda") == (True, "on a GPU")
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     hardware.inductor_cpu_problem.cache_clear()
     torch._dynamo.reset()
