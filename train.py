@@ -382,7 +382,7 @@ def main() -> None:
                 if master:
                     print(f"stopped at iteration {iter_num}; continue with --init_from=resume")
                 break
-            if save_due > 0:
+            if save_due > 0 and iter_num < max_iters:  # (the end of the run saves anyway)
                 save(f"{checkpoint_interval} s since the last")
                 t0 = time.time()
     logger.finish()

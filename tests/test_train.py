@@ -4,6 +4,7 @@ Loss falls; resume equals the uninterrupted run; 2-process DDP (gloo) equals 1 p
 batch; per-tag eval; fp16 with a GradScaler; SIGTERM saves; and each user error is one clear line.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import hardware
-from checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from checkpoint import best_path, checkpoint_path, load_checkpoint, load_model, model_checkpoint_path, save_checkpoint
 from data.binwriter import write_dataset
 from tags import TAGS
 
@@ -248,7 +249,7 @@ def test_resume_without_checkpoint(tmp_path, tiny_data):
 
 def test_out_of_memory_suggests_smaller_batch(tmp_path, tiny_data):
     # 20,000 x 32 x 50,304 fp32 logits: 129 GB, refused by the allocator
-    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--batch_size=20000", "--n_layer=1", "--eval_iters=0",
+    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--batch_size=20000", "--n_layer=1", "--eval_iters=1",
                                 "--eval_interval=100", check=False),
                       "out of memory", "--batch_size", "--gradient_checkpointing")
 
@@ -286,3 +287,77 @@ def test_overflowing_gradient_stops_and_keeps_last_good_checkpoint(tmp_path, tin
     result = run_train(tmp_path, *common, "--max_iters=4", "--init_from=resume", check=False)
     assert_user_error(result, "gradient norm became inf", "keeps the last good state")
     assert load_checkpoint(path)["iter_num"] == 2
+
+
+def test_signal_keeps_the_best_weights_apart_from_the_latest(tmp_path, tiny_data):
+    # save-on-best (the recipe's setting) stopped between evals: ckpt.pt holds the latest state to resume,
+    # best.pt the weights of the best eval, and ckpt.pt's best_val_loss is theirs
+    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
+               "--max_iters=100000", "--eval_interval=2", "--always_save_checkpoint=False",
+               "--checkpoint_interval=100000"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("iter 3:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    assert out.count("saved checkpoint") == 1  # evals every 2 iterations, one write: on the signal
+    latest, best = load_checkpoint(checkpoint_path(str(tmp_path))), load_checkpoint(best_path(str(tmp_path)))
+    assert best["iter_num"] < latest["iter_num"] and best["iter_num"] % 2 == 0
+    assert best["best_val_loss"] == latest["best_val_loss"]
+    assert set(best) == {"model", "model_args", "iter_num", "best_val_loss", "config"}  # weights only: small
+
+    import train
+    from checkpoint import model_from_checkpoint
+    from dataloader import EvalBatches, TaggedData
+    data = TaggedData(tiny_data, 32)
+    batches = EvalBatches(data, 32, 4, 2, "cpu").batches
+    n = len(data.tags)
+    assert model_checkpoint_path(str(tmp_path)) == best_path(str(tmp_path))  # what sample.py and export.py read
+    best_val = train.evaluate(model_from_checkpoint(best), batches, contextlib.nullcontext(), n)[-1]
+    latest_val = train.evaluate(model_from_checkpoint(latest), batches, contextlib.nullcontext(), n)[-1]
+    assert best_val == pytest.approx(latest["best_val_loss"], abs=1e-5)  # the best loss is these weights'
+    assert latest_val != pytest.approx(latest["best_val_loss"], abs=1e-5)  # not the latest weights'
+    assert torch.equal(load_model("resume", str(tmp_path))[0].transformer.wte.weight, best["model"]["transformer.wte.weight"])
+
+
+def test_full_state_writes_follow_checkpoint_interval(tmp_path, tiny_data):
+    common = [f"--dataset={tiny_data}", "--always_save_checkpoint=False", "--eval_interval=1", "--max_iters=3"]
+    rarely = run_train(tmp_path / "rarely", *common, "--checkpoint_interval=100000")
+    assert [line for line in rarely.stdout.splitlines() if "saved checkpoint" in line] == [
+        f"saved checkpoint at iteration 3 to {checkpoint_path(str(tmp_path / 'rarely'))} (end of run; best.pt is "
+        "iteration 3's)"]
+    often = run_train(tmp_path / "often", *common, "--checkpoint_interval=0")
+    assert re.findall(r"saved checkpoint at iteration (\d+)", often.stdout) == ["1", "2", "3"]
+
+
+def test_fp16_run_whose_every_step_overflows_stops(tmp_path, tiny_data):
+    # a loss scale far too large for any gradient (crafted in a real checkpoint): every scaled gradient is inf
+    # in fp16, so the GradScaler would skip every step forever, halving its scale; the run stops instead
+    common = [f"--dataset={tiny_data}", "--dtype=float16", "--eval_interval=1000", "--decay_lr=False"]
+    run_train(tmp_path, *common, "--max_iters=1")
+    path = checkpoint_path(str(tmp_path))
+    ckpt = load_checkpoint(path)
+    ckpt["scaler"]["scale"] = 1e30
+    save_checkpoint(ckpt, path)
+    result = run_train(tmp_path, *common, "--max_iters=1000", "--init_from=resume", check=False)
+    assert_user_error(result, "overflowed 20 steps in a row", "--dtype=bfloat16", "keeps the last good state")
+    assert iteration_losses(result.stdout) and max(iteration_losses(result.stdout)) == 20
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (["--eval_iters=0"], ["eval_iters=0 must be at least 1"]),
+    (["--init_from=/a/path/that/does/not/exist"], ["init_from=/a/path/that/does/not/exist: no such directory"])])
+def test_settings_that_cannot_run_are_one_line(tmp_path, tiny_data, args, phrases):
+    result = run_train(tmp_path, f"--dataset={tiny_data}", *args, check=False)
+    assert_user_error(result, *phrases)
+    assert len(result.stderr) < 300
+
+
+def test_inference_reads_the_same_init_from_dispatch(tmp_path):
+    from errors import UserError
+    with pytest.raises(UserError, match="no such directory"):
+        load_model("./no/such/dir", str(tmp_path))
+    with pytest.raises(UserError, match="scratch has no weights"):
+        load_model("scratch", str(tmp_path))
