@@ -103,8 +103,8 @@ def check_settings() -> None:
                         ("batch_size", batch_size), ("gradient_accumulation_steps", gradient_accumulation_steps)):
         if value < 1:
             raise UserError(f"{name}={value} must be at least 1" + (
-                " (an eval of no batches would report a val loss of 0, best forever); lower --eval_interval's "
-                "frequency instead to evaluate less" if name == "eval_iters" else ""))
+                ": an eval of no batches reports a val loss of 0, which would stay the best forever (to "
+                "evaluate less often, raise --eval_interval)" if name == "eval_iters" else ""))
     if checkpoint_interval < 0 or max_iters < 0:
         raise UserError(f"checkpoint_interval={checkpoint_interval} and max_iters={max_iters} cannot be negative")
 
@@ -241,8 +241,8 @@ def main() -> None:
         state = raw_model.state_dict()
         if best["model"] is None:
             by_storage = {}  # tied weights (the head is the token embedding) keep sharing one buffer
-            best["model"] = {k: by_storage.setdefault(v.data_ptr(), torch.empty_like(
-                v, device="cpu", pin_memory=device_type == "cuda")) for k, v in state.items()}
+            best["model"] = {k: by_storage.setdefault(v.data_ptr(), torch.empty(
+                v.shape, dtype=v.dtype, pin_memory=device_type == "cuda")) for k, v in state.items()}
         for k, v in state.items():
             best["model"][k].copy_(v.detach(), non_blocking=True)
         if device_type == "cuda":

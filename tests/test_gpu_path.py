@@ -100,7 +100,7 @@ def test_ranks_share_the_eval_and_agree_on_its_result(tmp_path):
 
 def test_eval_settings_that_make_no_sense_are_refused(monkeypatch):
     import train
-    for key, value, phrase in (("eval_iters", 0, "val loss of 0"), ("eval_interval", 0, "at least 1"),
+    for key, value, phrase in (("eval_iters", 0, "reports a val loss of 0"), ("eval_interval", 0, "at least 1"),
                                ("log_interval", -1, "at least 1"), ("checkpoint_interval", -5, "negative")):
         with monkeypatch.context() as m:
             m.setattr(train, key, value)
