@@ -300,12 +300,13 @@ def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int | 
     """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
     The honest denominator for MFU where no data-sheet peak applies (a CPU, an unknown GPU). It keeps
     multiplying for at least min_seconds, so a moment of contention (another process, a CPU clocking up)
-    cannot set the peak. On a GPU the products are large (8192^3, about a millisecond on an H100) and several
-    run between synchronisations, so launch and sync overheads do not count as slowness (with one 2048^3
-    product per sync a big GPU reads far below its peak, and MFU then reads high)."""
+    cannot set the peak. On a GPU the products are larger (4096^3) and 8 run between synchronisations, so
+    launch and sync overheads do not count as slowness (one 2048^3 product, about 20 microseconds on an H100,
+    per sync reads a big GPU far below its peak, and MFU then reads high); 8 x 4096^3 still takes only about
+    0.1 s on a 10 TFLOP/s GPU, so the minutely re-measurement stays cheap."""
     device = torch.device(device)
     gpu = device.type == "cuda"
-    n = n or (8192 if gpu else 2048)
+    n = n or (4096 if gpu else 2048)
     per_sync = per_sync or (8 if gpu else 1)
     gen = torch.Generator(device).manual_seed(0)  # its own: measuring never moves the training RNG (dropout)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
