@@ -11,9 +11,9 @@ Where the fp32 baseline does not fit in the device's memory (gpt2-medium's shape
 so in one line and the table has train.py's row alone.
 Each is a median over `iters` timed steps after `warmup` steps. FLOPs are counted honestly with
 model.flops_per_token() (6 x parameters + attention; the LM head included, no recompute counted), and MFU is
-against the peak this device reaches on large matmuls (2048^3 on a CPU, 4096^3 on a GPU) in the chosen dtype (measured before, between
-and after the timed steps, the best kept), or the data-sheet peak on known GPUs. Prints a table, then one JSON
-line.
+against the peak this device reaches on large matmuls (2048^3 on a CPU, 4096^3 on a GPU) in the chosen dtype
+(measured before, between and after the timed steps, the best kept), or the data-sheet peak on known GPUs.
+Prints a table, then one JSON line.
 
 Default shape on CPU: 6 layers, 6 heads, 384 wide, block 256, batch 8. On a GPU: gpt2-medium (24 layers,
 16 heads, 1024 wide), block 1024, batch 4. Any of them can be set with --key=value.
