@@ -228,9 +228,10 @@ def inductor_cpu_problem() -> str | None:
 # ---- device peaks for MFU -----------------------------------------------------------------------------
 
 # Dense tensor-core peaks in FLOP/s from the vendors' data sheets, by model and form factor; fp32 is TF32
-# where the GPU has it (Ampere and later: train.py allows TF32 matmuls). A name is matched exactly (gpu_model): "L40" is not "L4", an "H100 NVL" is not an
-# SXM H100, and a name with anything unrecognised (a MIG slice, a new variant) gets no data-sheet figure
-# and is measured instead. Form None: the name carries no form factor (for H100/H200 that is the SXM part).
+# where the GPU has it (Ampere and later: train.py allows TF32 matmuls). A name is matched exactly
+# (gpu_model): "L40" is not "L4", an "H100 NVL" is not an SXM H100, and a name with anything unrecognised (a
+# MIG slice, a new variant) gets no data-sheet figure and is measured instead. Form None: the name carries
+# no form factor (for H100/H200 that is the SXM part).
 GPU_PEAK_FLOPS = {
     ("H200", None): {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
     ("H200", "NVL"): {"bf16": 836e12, "fp16": 836e12, "fp32": 418e12},

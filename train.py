@@ -337,8 +337,8 @@ def main() -> None:
                 loss_sum += loss.detach().float()
             scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
-            due = master and not always_save_checkpoint and time.time() - last_save[0] >= checkpoint_interval
-            stop[0], stop[1], stop[2], stop[3] = loss_sum / micro_steps, float(bool(stop_signal)), total_norm, float(due)
+            due = float(master and not always_save_checkpoint and time.time() - last_save[0] >= checkpoint_interval)
+            stop[0], stop[1], stop[2], stop[3] = loss_sum / micro_steps, float(bool(stop_signal)), total_norm, due
             if ddp:
                 dist.all_reduce(stop)
                 stop[0] /= world_size
@@ -369,7 +369,8 @@ def main() -> None:
             if master and iter_num % log_interval == 0:
                 peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
-                memory = f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB" if device_type == "cuda" else ""
+                memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
+                          if device_type == "cuda" else "")
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
                       f"epoch {sampler.epochs():.3f}{memory}")

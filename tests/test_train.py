@@ -319,7 +319,8 @@ def test_signal_keeps_the_best_weights_apart_from_the_latest(tmp_path, tiny_data
     latest_val = train.evaluate(model_from_checkpoint(latest), batches, contextlib.nullcontext(), n)[-1]
     assert best_val == pytest.approx(latest["best_val_loss"], abs=1e-5)  # the best loss is these weights'
     assert latest_val != pytest.approx(latest["best_val_loss"], abs=1e-5)  # not the latest weights'
-    assert torch.equal(load_model("resume", str(tmp_path))[0].transformer.wte.weight, best["model"]["transformer.wte.weight"])
+    sampled = load_model("resume", str(tmp_path))[0]
+    assert torch.equal(sampled.transformer.wte.weight, best["model"]["transformer.wte.weight"])
 
 
 def test_full_state_writes_follow_checkpoint_interval(tmp_path, tiny_data):
