@@ -405,6 +405,8 @@ class TokenSampler:
 
 # transformers' GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# causal-mask buffers that some transformers versions keep in GPT-2's state dict: not weights
+TRANSFORMERS_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def load_transformers_gpt2(name_or_dir: str):
@@ -424,8 +426,8 @@ def state_dict_from_transformers(hf_state: dict[str, torch.Tensor]) -> dict[str,
     """Map GPT2LMHeadModel's state dict onto ours: same names, Conv1D weights transposed, buffers dropped."""
     out = {}
     for name, tensor in hf_state.items():
-        if name.endswith((".attn.bias", ".attn.masked_bias")):
-            continue  # causal-mask buffers in older transformers versions, not weights
+        if name.endswith(TRANSFORMERS_BUFFERS):
+            continue
         out[name] = tensor.t() if name.endswith(TRANSPOSED) else tensor
     if "lm_head.weight" not in out:
         out["lm_head.weight"] = out["transformer.wte.weight"]

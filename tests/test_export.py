@@ -9,7 +9,7 @@ import torch
 import engine
 from fixtures_inference import run_script, tiny_model, tiny_out_dir  # noqa: F401
 from model import GPT
-from tokenizer import EOT_ID, get_encoding
+from tokenizer import EOT_ID, VOCAB_SIZE, get_encoding
 
 PROMPT = "[Math] 1+1=2 2+2=4 3+3="
 
@@ -64,4 +64,23 @@ def test_export_fills_missing_biases_with_zeros(tmp_path):
     export.export(model, str(tmp_path))
     again = GPT.from_pretrained(str(tmp_path))
     idx = torch.tensor([engine.encode(PROMPT)])
-    assert torch.allclose(model(idx)[0], again(idx)[0], atol=1e-5)
+    assert torch.allclose(model(idx)[0][..., :VOCAB_SIZE], again(idx)[0], atol=1e-5)
+
+
+def test_export_keeps_the_runs_dropout_and_exactly_the_tokenizers_vocabulary(tmp_path):
+    # a model trained from scratch pads its vocabulary to 50304 rows; the export has the tokenizer's 50257,
+    # so it cannot emit an id its tokenizer cannot decode, and its dropout is the run's, not transformers' 0.1
+    import export
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+    from model import GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=1, n_head=2, n_embd=16, dropout=0.05)).eval()
+    export.export(model, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        config = json.load(f)
+    assert config["vocab_size"] == VOCAB_SIZE == len(AutoTokenizer.from_pretrained(str(tmp_path)))
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.05
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert weights["transformer.wte.weight"].shape == (VOCAB_SIZE, 16)
+    assert torch.equal(weights["transformer.wte.weight"], model.transformer.wte.weight[:VOCAB_SIZE])
