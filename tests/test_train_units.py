@@ -83,6 +83,15 @@ def test_sampler_state_resumes_the_same_stream():
     assert b.epochs() == pytest.approx(2 * 2 * 4 * 16 / 10_000)
 
 
+def test_sampler_reaches_both_ends_of_the_split():
+    # 20 tokens, windows of 16 + 1: offsets 0..3 fit, and offset 3's window ends at the split's last token
+    sampler = TrainSampler(20, 16, batch_size=64, micro_steps=4, seed=0)
+    offsets = np.concatenate([sampler.next_iteration().ravel() for _ in range(4)])
+    assert set(offsets.tolist()) == {0, 1, 2, 3}
+    tokens = np.arange(20)
+    assert dataloader.windows(tokens, offsets, 16).max() == 19
+
+
 def test_ranks_split_one_global_batch(data):
     """Two ranks see exactly the micro-batches one process sees, in two halves."""
     def micro_batches(rank, world):
