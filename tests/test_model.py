@@ -317,7 +317,7 @@ def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
-    with pytest.raises(UserError, match="could not load GPT-2 weights") as err:
+    with pytest.raises(UserError, match="no such directory") as err:
         GPT.from_pretrained(str(tmp_path / "no-such-model"))
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="dropout"):
