@@ -33,20 +33,6 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return hardware.DTYPES[hardware.pick_dtype(device, name)[0]]
 
 
-def use_idle_cores() -> int:
-    """Give torch one CPU thread per core that no other process is keeping busy (at least one), unless
-    OMP_NUM_THREADS says otherwise; return the count.
-
-    Decoding one token runs a few hundred small ops, and each op waits for all of its threads. A thread
-    on a core that another process holds is descheduled for a whole time slice, and every op waits for
-    it: on a 2-core machine busy with training, a small model decoded at 5 tokens/s with 2 threads and at
-    350 with 1."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        torch.set_num_threads(max(1, hardware.cpu_cores() - busy))
-    return torch.get_num_threads()
-
-
 def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",
                        compile: bool = False) -> GPT:
     """The model in eval mode on its device, weights cast to the decoding dtype (or quantized, for

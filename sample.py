@@ -13,6 +13,7 @@ import sys
 import torch
 
 import engine
+import hardware
 from configurator import configure
 from errors import run_main
 
@@ -36,7 +37,7 @@ compile = False  # torch.compile the model: slow start, faster decoding on GPUs
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     torch.manual_seed(seed)  # one seed for the run: samples differ from each other but repeat run to run
-    engine.use_idle_cores()
+    hardware.set_cpu_threads(idle_only=True)
     model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
     ids, dropped = engine.keep_last(engine.encode(engine.read_start(start)), model.config.block_size)
     if dropped:

@@ -9,6 +9,7 @@ import engine
 from errors import UserError
 from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
                                 tiny_out_dir)
+from tags import optional_tag
 from tokenizer import EOT_ID
 
 
@@ -46,9 +47,9 @@ def test_tags_apply_to_untagged_lines_only(tiny_model):
     c = make_chat(tiny_model, tag="Code")
     assert c.question("print hi") == "[Code] print hi"
     assert c.question("[Math] 1+1=") == "[Math] 1+1="
-    assert chat.parse_tag("[math]") == "Math" and chat.parse_tag(" ") == ""
+    assert optional_tag("[math]") == "Math" and optional_tag(" ") == "" and optional_tag("[]") == ""
     with pytest.raises(UserError):
-        chat.parse_tag("Poetry")
+        optional_tag("Poetry")
     assert "unknown tag" in c.command("/tag Poetry") and c.tag == "Code"
     assert c.command("/tag") == "(no tag)" and c.tag == ""
     assert "needs a number" in c.command("/temp -1") and c.sampling.temperature == 0

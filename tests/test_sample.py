@@ -1,6 +1,9 @@
 """sample.py end to end on tiny checkpoints, and the engine pieces it stands on."""
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -127,14 +130,35 @@ def test_dtype_choice():
 
 def test_decoding_leaves_busy_cores_alone(monkeypatch):
     before = torch.get_num_threads()
+    cores = hardware.cpu_cores()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-        monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
-        assert engine.use_idle_cores() == 1
-        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-        assert engine.use_idle_cores() == len(os.sched_getaffinity(0))
+        monkeypatch.setattr(hardware, "idle_cores", lambda: 0.2)  # another process holds every core
+        assert hardware.set_cpu_threads(idle_only=True) == 1
+        monkeypatch.setattr(hardware, "idle_cores", lambda: cores - 0.4)  # idle, give or take a tick
+        assert hardware.set_cpu_threads(idle_only=True) == cores
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(2)
-        assert engine.use_idle_cores() == 2  # the user's choice stands
+        assert hardware.set_cpu_threads(idle_only=True) == 2  # the user's choice stands
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not os.path.exists("/proc/stat"),
+                    reason="needs Linux's CPU affinity and /proc/stat")
+def test_idle_cores_sees_a_busy_core_now():
+    # on one core of its own choosing, this process sees that core idle less than half the time while a
+    # spinning process shares it: a measurement of now, not the load average of the last minute
+    core = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                               preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    try:
+        os.sched_setaffinity(0, {core})
+        time.sleep(0.3)  # let it start spinning
+        assert 0.0 <= hardware.idle_cores(window=0.3) < 0.5
+    finally:
+        spinner.kill()
+        spinner.wait()
+        os.sched_setaffinity(0, before)
+    assert 0.0 <= hardware.idle_cores() <= len(before)
