@@ -25,7 +25,7 @@ from tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
-out_dir = "out-phi-mini"
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 prompt = ""  # answer this one prompt and exit (for scripts); empty = interactive chat
 tag = ""  # a tag for every line that does not start with one, e.g. --tag=Math; empty = none
 max_new_tokens = 256  # longest answer
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     if seed >= 0:
         torch.manual_seed(seed)
     hardware.set_cpu_threads(idle_only=True)
-    model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
+    model = engine.load_for_inference(init_from, engine.newest_out_dir(init_from, out_dir), device, dtype,
+                                     compile)
     chat = Chat(model, engine.Sampling(temperature, top_k, top_p, repetition_penalty), optional_tag(tag),
                 max_new_tokens)
     if prompt:

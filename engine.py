@@ -9,7 +9,9 @@
 """
 
 import codecs
+import glob
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 
 import hardware
-from checkpoint import load_model
+from checkpoint import CHECKPOINT_NAME, load_model
 from errors import UserError
 from kernels import Int8Linear, PackedLinear
 from model import GPT
@@ -31,6 +33,23 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     bf16 on GPUs and CPUs with native bf16 (half the bytes to read per token; bench/decoding.py checks the
     log-probs hold), fp16 on older GPUs, and fp32 elsewhere, where bf16 would be emulated and slower."""
     return hardware.DTYPES[hardware.pick_dtype(device, name)[0]]
+
+
+def newest_out_dir(init_from: str, out_dir: str) -> str:
+    """out_dir as given; or, when it is empty and the model comes from a checkpoint, the run written most
+    recently: the out*/ directory (under the current one, where train.py writes them) with the newest
+    ckpt.pt, so `python train.py config/X.py` then `python sample.py` samples the model just trained. The
+    choice is announced on stderr, the first line the user sees."""
+    if out_dir or init_from != "resume":
+        return out_dir
+    candidates = [os.path.dirname(p) for p in glob.glob(os.path.join("out*", CHECKPOINT_NAME))]
+    if not candidates:
+        raise UserError(f"no out*/{CHECKPOINT_NAME} here: train a model first (python train.py "
+                        "config/train_phi_mini.py), or give --out_dir (or --init_from=gpt2)")
+    newest = max(candidates, key=lambda d: os.path.getmtime(os.path.join(d, CHECKPOINT_NAME)))
+    print(f"reading {os.path.join(newest, CHECKPOINT_NAME)}, the newest out*/{CHECKPOINT_NAME} "
+          f"(--out_dir picks another)", file=sys.stderr, flush=True)
+    return newest
 
 
 def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",

@@ -20,6 +20,7 @@ import torch
 
 from checkpoint import load_model
 from configurator import configure
+from engine import newest_out_dir
 from errors import UserError, run_main
 from model import GPT, TRANSFORMERS_BUFFERS
 from tags import TAGS
@@ -27,7 +28,7 @@ from tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_files, default_bpe_dir
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (out_dir/ckpt.pt), or a GPT-2 name / transformers directory to re-export
-out_dir = "out-phi-mini"
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 hf_dir = "hf-phi"  # where to write the transformers directory
 temperature = 0.85  # sampling defaults written to generation_config.json
 top_k = 8
@@ -121,7 +122,7 @@ def export(model: GPT, directory: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
-    model, _ = load_model(init_from, out_dir, "cpu")
+    model, _ = load_model(init_from, newest_out_dir(init_from, out_dir), "cpu")
     export(model, hf_dir)
     print(f"wrote {hf_dir}: load it with transformers.pipeline('text-generation', model='{hf_dir}')")
 

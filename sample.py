@@ -19,7 +19,7 @@ from errors import run_main
 
 # -----------------------------------------------------------------------------
 init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
-out_dir = "out-phi-mini"
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 start = "[Textbook] Python"  # the prompt, or FILE:path to read it from a file
 num_samples = 3
 max_new_tokens = 200
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     torch.manual_seed(seed)  # one seed for the run: samples differ from each other but repeat run to run
     hardware.set_cpu_threads(idle_only=True)
-    model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
+    model = engine.load_for_inference(init_from, engine.newest_out_dir(init_from, out_dir), device, dtype,
+                                     compile)
     ids, dropped = engine.keep_last(engine.encode(engine.read_start(start)), model.config.block_size)
     if dropped:
         print(f"note: the prompt is longer than the model's context; keeping its last "

@@ -73,15 +73,16 @@ def malicious_out_dir(tmp_path) -> tuple[str, str]:
     return str(out_dir), marker
 
 
-def run_in_process(module, argv: list[str], capsys) -> str:
-    """Run a script's main(argv) in this process and return its stdout; its settings (module globals that
-    configure() overwrites) and torch's thread count are put back afterwards, so nothing leaks into the
-    tests that follow."""
+def run_in_process(module, argv: list[str], capsys, stderr: bool = False):
+    """Run a script's main(argv) in this process and return its stdout (with stderr=True: stdout, stderr);
+    its settings (module globals that configure() overwrites) and torch's thread count are put back
+    afterwards, so nothing leaks into the tests that follow."""
     from configurator import settings_of
     saved, threads = settings_of(vars(module)), torch.get_num_threads()
     try:
         module.main(argv)
-        return capsys.readouterr().out
+        captured = capsys.readouterr()
+        return (captured.out, captured.err) if stderr else captured.out
     finally:
         vars(module).update(saved)
         torch.set_num_threads(threads)

@@ -162,3 +162,33 @@ def test_idle_cores_sees_a_busy_core_now():
         spinner.wait()
         os.sched_setaffinity(0, before)
     assert 0.0 <= hardware.idle_cores() <= len(before)
+
+
+def test_without_out_dir_the_newest_run_is_read(tiny_model, tiny_out_dir, eot_out_dir, tmp_path, monkeypatch,
+                                                 capsys):
+    # `python train.py config/X.py` then `python sample.py`: the run just trained, announced first
+    import shutil
+    for name, source, age in (("out-new", tiny_out_dir, 0), ("out-old", eot_out_dir, 3600)):
+        (tmp_path / name).mkdir()
+        shutil.copy(os.path.join(source, "ckpt.pt"), tmp_path / name / "ckpt.pt")
+        os.utime(tmp_path / name / "ckpt.pt", (time.time() - age, time.time() - age))
+    monkeypatch.chdir(tmp_path)
+    prompt = "[Math] 1+1=2 2+2=4 3+3="
+    args = [f"--start={prompt}", "--num_samples=1", "--max_new_tokens=8", "--temperature=0", "--dtype=float32"]
+    tiny_sample = f"{prompt}{greedy_text(tiny_model, prompt, 8)}\n{SEPARATOR}\n"
+    out, err = run_in_process(sample, args, capsys, stderr=True)
+    assert out == tiny_sample
+    assert err.splitlines()[0].startswith(f"reading {os.path.join('out-new', 'ckpt.pt')}, the newest")
+    os.utime(tmp_path / "out-old" / "ckpt.pt")  # now the other run is the newer: its model answers end-of-text
+    out, err = run_in_process(sample, args, capsys, stderr=True)
+    assert out == f"{prompt}\n{SEPARATOR}\n" and os.path.join("out-old", "ckpt.pt") in err.splitlines()[0]
+    out, err = run_in_process(sample, ["--out_dir=out-new", *args], capsys, stderr=True)  # explicit stays so
+    assert out == tiny_sample and err == ""
+
+
+def test_without_out_dir_or_runs_the_error_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"no out\*/ckpt.pt here: train a model first") as e:
+        engine.newest_out_dir("resume", "")
+    assert "\n" not in str(e.value)
+    assert engine.newest_out_dir("gpt2", "") == "" and engine.newest_out_dir("resume", "mine") == "mine"
