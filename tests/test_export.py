@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import engine
-from fixtures_inference import run_script, tiny_model, tiny_out_dir  # noqa: F401
+from helpers import run_script
 from model import GPT
 from tokenizer import EOT_ID, VOCAB_SIZE, get_encoding
 

@@ -12,8 +12,7 @@ import engine
 import hardware
 import sample
 from errors import UserError
-from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
-                                tiny_out_dir)
+from helpers import run_in_process, run_script
 from tokenizer import EOT_ID, get_encoding
 
 SEPARATOR = "---------------"

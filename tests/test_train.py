@@ -17,38 +17,12 @@ import torch
 
 import hardware
 from checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from data.binwriter import write_dataset
+from helpers import ROOT
 from tags import TAGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
         "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
         "--learning_rate=3e-3", "--min_lr=3e-4"]
-
-
-def tiny_documents(n: int = 700):
-    """Short documents of every tag, regular enough for a 2-layer model to learn in a few dozen steps."""
-    words = ["red", "blue", "green", "cat", "dog", "sun", "tree", "ball"]
-    for i in range(n):
-        tag = TAGS[i % len(TAGS)]
-        a, b = i % 13, (i * 7) % 11
-        text = {
-            "Textbook": f"Chapter {a}: the {words[a % 8]} {words[b % 8]}\n\nThe {words[a % 8]} is {words[b % 8]}.",
-            "QA": f"**Question:** what is the {words[a % 8]}?\n**Answer:** it is {words[b % 8]} {i}.",
-            "Code": f"def f{i}(x):\n    return x + {a}",
-            "Math": f"{a}+{b}={a + b} {b}+{a}={a + b} #{i}",
-            "Logic": f"All {words[a % 8]}s are {words[b % 8]}. So this {words[a % 8]} is {words[b % 8]}. {i}",
-            "Roleplay": f"Ann: hello {words[a % 8]} {i}\nBob: hello {words[b % 8]}",
-            "Excerpt": f"The {words[a % 8]} sat. {i} [Response] {words[b % 8]}",
-        }[tag]
-        yield tag, f"[{tag}] {text}"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("tiny-data"))
-    write_dataset(tiny_documents(), out, val_fraction=0.2, num_threads=1, progress=False)
-    return out
 
 
 def run_train(out_dir, *args, torchrun: bool = False, check: bool = True, timeout: int = 180):
@@ -79,6 +53,7 @@ def same_losses_then_weights(tmp_path, runs: dict, iters: int, tolerance: float)
     return [load_checkpoint(checkpoint_path(str(tmp_path / name)))["model"] for name in runs]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     result = run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=24", "--eval_interval=12")
     header = next(line for line in result.stdout.splitlines() if line.strip().startswith("iter |"))
@@ -95,6 +70,7 @@ def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     assert {"optimizer", "scaler", "sampler", "rng", "config", "model_args"} <= set(ckpt)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the CPU's fused head and attention paths
 def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
     schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1",
@@ -111,6 +87,7 @@ def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
         assert torch.equal(tensor, b["model"][name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,compile", [("float32", False), ("bfloat16", False), ("bfloat16", True)])
 def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     # the same global batch: 2 accumulation steps in one process, or one on each of two processes; compiled
@@ -126,6 +103,7 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
 
 
+@pytest.mark.slow
 def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
     # train.py compiles on CPUs too: the compiled graphs (GELU as x * sigmoid(2u), fused elementwise work)
     # around the eager fused head must train the same model as eager, to bf16 rounding
@@ -144,6 +122,7 @@ def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
     assert all((a[k] - b[k]).abs().mean() < 1e-3 for k in a), max((a[k] - b[k]).abs().mean() for k in a)
 
 
+@pytest.mark.slow
 def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny_data, tiny_hf_dir):
     # one run for three paths: a local transformers dir with 64 positions extended to 128, fp16 autocast with
     # a GradScaler (runnable on CPU too), and per-block activation checkpointing
@@ -155,6 +134,7 @@ def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny
     assert ckpt["scaler"]["scale"] > 0 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
     command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
                "--max_iters=100000", "--eval_interval=100000"]
@@ -173,6 +153,7 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
     assert list(iteration_losses(resumed.stdout)) == [stopped_at + 1]
 
 
+@pytest.mark.slow
 def test_resume_in_float16_from_a_float32_checkpoint(tmp_path, tiny_data):
     # a checkpoint without loss scale (bf16 or fp32) continued where fp16 is chosen, say an A100 run on a T4
     run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=2", "--eval_interval=2")
@@ -183,6 +164,7 @@ def test_resume_in_float16_from_a_float32_checkpoint(tmp_path, tiny_data):
     assert ckpt["iter_num"] == 4 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
 
 
+@pytest.mark.slow
 def test_ddp_builds_missing_mini_data_once(tmp_path):
     # torchrun on a fresh clone: one process per machine builds data/mini while the others wait for it
     repo = tmp_path / "clone"
@@ -246,11 +228,22 @@ def test_resume_without_checkpoint(tmp_path, tiny_data):
                       "no checkpoint at")
 
 
+@pytest.mark.slow
 def test_out_of_memory_suggests_smaller_batch(tmp_path, tiny_data):
-    # 20,000 x 32 x 50,304 fp32 logits: 129 GB, refused by the allocator
-    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--batch_size=20000", "--n_layer=1", "--eval_iters=0",
-                                "--eval_interval=100", check=False),
-                      "out of memory", "--batch_size", "--gradient_checkpointing")
+    # 20,000 x 32 x 50,304 fp32 logits are 129 GB. Whether a machine would refuse them depends on its RAM and
+    # on overcommit (Linux may grant the memory and kill the process later), so the run gets an address-space
+    # limit far below the request and far above what the tiny run needs: the request is refused everywhere.
+    import resource
+    limit = 48 << 30
+
+    def limit_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
+               "--batch_size=20000", "--n_layer=1", "--eval_iters=1", "--eval_interval=100"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_address_space)
+    assert_user_error(result, "out of memory", "--batch_size", "--gradient_checkpointing")
 
 
 @pytest.mark.parametrize("block_size, phrase", [(0, "block_size must be at least 1"),
@@ -260,6 +253,7 @@ def test_impossible_block_size(tmp_path, tiny_data, block_size, phrase):
                       phrase)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     common = [f"--dataset={tiny_data}", "--eval_interval=2", "--decay_lr=False", "--grad_clip=0"]
     run_train(tmp_path, *common, "--max_iters=2")
@@ -270,6 +264,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dat
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
+@pytest.mark.slow
 def test_overflowing_gradient_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     # a finite loss whose gradient overflows: without fp16's scaler to skip it, the step would write inf or NaN
     # into the weights. Crafted from a real checkpoint: ln_f's bias puts every final feature near 10, and an

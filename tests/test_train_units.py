@@ -7,20 +7,16 @@ import torch
 
 import dataloader
 import hardware
-from data.binwriter import write_dataset
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError
 from logger import RunLogger, has_wandb_key
 from tags import TAGS
 from tokenizer import get_encoding
-from tests.test_train import tiny_documents
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> TaggedData:
-    out = str(tmp_path_factory.mktemp("tiny-data"))
-    write_dataset(tiny_documents(), out, val_fraction=0.2, num_threads=1, progress=False)
-    return TaggedData(out, block_size=16)
+def data(tiny_data) -> TaggedData:
+    return TaggedData(tiny_data, block_size=16)
 
 
 # ---- precision -------------------------------------------------------------------------------------------
