@@ -52,6 +52,26 @@ def run_in_process(module, argv: list[str], capsys, stderr: bool = False):
         torch.set_num_threads(threads)
 
 
+
+def run_as_user(module, argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run a script's main(argv) in this process the way its `__main__` does (errors.run_main: a UserError
+    becomes one `error: ...` line on stderr and exit status 1); return (exit status, stdout, stderr). The
+    same check as a subprocess, without starting Python and importing torch again. Settings and torch's
+    thread count are put back afterwards."""
+    from configurator import settings_of
+    from errors import run_main
+    saved, threads = settings_of(vars(module)), torch.get_num_threads()
+    code = 0
+    try:
+        run_main(lambda: module.main(argv))
+    except SystemExit as e:
+        code = e.code
+    finally:
+        vars(module).update(saved)
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
 def tiny_documents(n: int = 700):
     """Short documents of every tag, regular enough for a 2-layer model to learn in a few dozen steps."""
     words = ["red", "blue", "green", "cat", "dog", "sun", "tree", "ball"]

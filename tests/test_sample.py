@@ -12,7 +12,7 @@ import engine
 import hardware
 import sample
 from errors import UserError
-from helpers import run_in_process, run_script
+from helpers import run_as_user, run_in_process, run_script
 from tokenizer import EOT_ID, get_encoding
 
 SEPARATOR = "---------------"
@@ -26,6 +26,7 @@ def greedy_text(model, prompt: str, n: int) -> str:
     return get_encoding().decode(out)
 
 
+@pytest.mark.slow  # a fresh Python: the run a user makes, end to end
 def test_sample_streams_greedy_continuations(tiny_model, tiny_out_dir):
     prompt = "[Math] 1+1=2 2+2=4 3+3="
     r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start={prompt}", "--num_samples=2",
@@ -44,53 +45,53 @@ def test_sample_is_reproducible_with_a_seed(tiny_out_dir, capsys):
     assert one.strip() != two.strip()  # samples within a run differ
 
 
-def test_sample_stops_at_end_of_text(eot_out_dir):
-    r = run_script("sample.py", f"--out_dir={eot_out_dir}", "--start=[QA] hi", "--num_samples=1",
-                   "--max_new_tokens=30")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == f"[QA] hi\n{SEPARATOR}\n"
+def test_sample_stops_at_end_of_text(eot_out_dir, capsys):
+    code, out, err = run_as_user(sample, [f"--out_dir={eot_out_dir}", "--start=[QA] hi", "--num_samples=1",
+                                          "--max_new_tokens=30"], capsys)
+    assert code == 0, err
+    assert out == f"[QA] hi\n{SEPARATOR}\n"
 
 
-def test_sample_reads_file_prompts(tiny_out_dir, tmp_path):
+def test_sample_reads_file_prompts(tiny_out_dir, tmp_path, capsys):
     path = tmp_path / "prompt.txt"
     path.write_text("[Code] def add(a, b):\n", encoding="utf-8")
-    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start=FILE:{path}", "--num_samples=1",
-                   "--max_new_tokens=4")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("[Code] def add(a, b):\n")
+    code, out, err = run_as_user(sample, [f"--out_dir={tiny_out_dir}", f"--start=FILE:{path}", "--num_samples=1",
+                                          "--max_new_tokens=4"], capsys)
+    assert code == 0, err
+    assert out.startswith("[Code] def add(a, b):\n")
     with pytest.raises(UserError, match="nope.txt not found"):
-        sample.main([f"--out_dir={tiny_out_dir}", f"--start=FILE:{tmp_path / 'nope.txt'}"])
+        run_in_process(sample, [f"--out_dir={tiny_out_dir}", f"--start=FILE:{tmp_path / 'nope.txt'}"], capsys)
 
 
-def test_long_prompt_keeps_its_last_block_size_tokens(tiny_out_dir):
+def test_long_prompt_keeps_its_last_block_size_tokens(tiny_out_dir, capsys):
     words = " ".join(f"w{i}" for i in range(100))  # > 64 tokens, the tiny model's context
     ids = engine.encode(words)
     assert len(ids) > 64
-    r = run_script("sample.py", f"--out_dir={tiny_out_dir}", f"--start={words}", "--num_samples=2",
-                   "--max_new_tokens=3")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("keeping its last 64 tokens") == 1  # said once, not per sample
+    code, out, err = run_as_user(sample, [f"--out_dir={tiny_out_dir}", f"--start={words}", "--num_samples=2",
+                                          "--max_new_tokens=3"], capsys)
+    assert code == 0, err
+    assert err.count("keeping its last 64 tokens") == 1  # said once, not per sample
     kept = get_encoding().decode(ids[-64:])
-    assert r.stdout.startswith(kept) and r.stdout.count(kept) == 2
+    assert out.startswith(kept) and out.count(kept) == 2
 
 
-def test_missing_checkpoint_and_bad_flags_are_one_line_errors(tmp_path, tiny_out_dir):
+def test_missing_checkpoint_and_bad_flags_are_one_line_errors(tmp_path, tiny_out_dir, capsys):
     for args, message in (([f"--out_dir={tmp_path / 'nothing'}"], "no checkpoint"),
-                          ([f"--out_dir={tiny_out_dir}", "--temprature=0.5"], "did you mean --temperature")):
-        r = run_script("sample.py", *args)
-        assert r.returncode == 1, args
-        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
-    for args in (["--max_new_tokens=many"], ["--dtype=float8"], ["--temperature=-1"], ["--top_p=0"]):
-        with pytest.raises(UserError) as e:
-            run_in_process(sample, [f"--out_dir={tiny_out_dir}", *args], capsys=None)
-        assert "\n" not in str(e.value)
+                          ([f"--out_dir={tiny_out_dir}", "--temprature=0.5"], "did you mean --temperature"),
+                          ([f"--out_dir={tiny_out_dir}", "--max_new_tokens=many"], "max_new_tokens"),
+                          ([f"--out_dir={tiny_out_dir}", "--dtype=float8"], "dtype"),
+                          ([f"--out_dir={tiny_out_dir}", "--temperature=-1"], "temperature"),
+                          ([f"--out_dir={tiny_out_dir}", "--top_p=0"], "top_p")):
+        code, out, err = run_as_user(sample, args, capsys)
+        assert code == 1, args
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
-def test_malicious_pickle_checkpoint_is_refused(malicious_out_dir):
+def test_malicious_pickle_checkpoint_is_refused(malicious_out_dir, capsys):
     out_dir, marker = malicious_out_dir
-    r = run_script("sample.py", f"--out_dir={out_dir}", "--max_new_tokens=2")
-    assert r.returncode == 1
-    assert "refusing to load" in r.stderr and r.stderr.count("\n") == 1
+    code, out, err = run_as_user(sample, [f"--out_dir={out_dir}", "--max_new_tokens=2"], capsys)
+    assert code == 1
+    assert "refusing to load" in err and err.count("\n") == 1
     assert not os.path.exists(marker)
 
 

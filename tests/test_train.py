@@ -20,6 +20,9 @@ from checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from helpers import ROOT
 from tags import TAGS
 
+# Every test here runs train.py in a fresh Python (some under torchrun), as users run it: the slow tier.
+pytestmark = pytest.mark.slow
+
 TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
         "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
         "--learning_rate=3e-3", "--min_lr=3e-4"]
@@ -53,7 +56,6 @@ def same_losses_then_weights(tmp_path, runs: dict, iters: int, tolerance: float)
     return [load_checkpoint(checkpoint_path(str(tmp_path / name)))["model"] for name in runs]
 
 
-@pytest.mark.slow
 def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     result = run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=24", "--eval_interval=12")
     header = next(line for line in result.stdout.splitlines() if line.strip().startswith("iter |"))
@@ -70,7 +72,6 @@ def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     assert {"optimizer", "scaler", "sampler", "rng", "config", "model_args"} <= set(ckpt)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the CPU's fused head and attention paths
 def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
     schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1",
@@ -87,7 +88,6 @@ def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
         assert torch.equal(tensor, b["model"][name]), name
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("dtype,compile", [("float32", False), ("bfloat16", False), ("bfloat16", True)])
 def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     # the same global batch: 2 accumulation steps in one process, or one on each of two processes; compiled
@@ -103,7 +103,6 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
 
 
-@pytest.mark.slow
 def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
     # train.py compiles on CPUs too: the compiled graphs (GELU as x * sigmoid(2u), fused elementwise work)
     # around the eager fused head must train the same model as eager, to bf16 rounding
@@ -122,7 +121,6 @@ def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
     assert all((a[k] - b[k]).abs().mean() < 1e-3 for k in a), max((a[k] - b[k]).abs().mean() for k in a)
 
 
-@pytest.mark.slow
 def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny_data, tiny_hf_dir):
     # one run for three paths: a local transformers dir with 64 positions extended to 128, fp16 autocast with
     # a GradScaler (runnable on CPU too), and per-block activation checkpointing
@@ -134,7 +132,6 @@ def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny
     assert ckpt["scaler"]["scale"] > 0 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
 
 
-@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
     command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
                "--max_iters=100000", "--eval_interval=100000"]
@@ -153,7 +150,6 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
     assert list(iteration_losses(resumed.stdout)) == [stopped_at + 1]
 
 
-@pytest.mark.slow
 def test_resume_in_float16_from_a_float32_checkpoint(tmp_path, tiny_data):
     # a checkpoint without loss scale (bf16 or fp32) continued where fp16 is chosen, say an A100 run on a T4
     run_train(tmp_path, f"--dataset={tiny_data}", "--max_iters=2", "--eval_interval=2")
@@ -164,7 +160,6 @@ def test_resume_in_float16_from_a_float32_checkpoint(tmp_path, tiny_data):
     assert ckpt["iter_num"] == 4 and ckpt["scaler"]["_growth_tracker"] == 2  # two finite fp16 steps
 
 
-@pytest.mark.slow
 def test_ddp_builds_missing_mini_data_once(tmp_path):
     # torchrun on a fresh clone: one process per machine builds data/mini while the others wait for it
     repo = tmp_path / "clone"
@@ -228,7 +223,6 @@ def test_resume_without_checkpoint(tmp_path, tiny_data):
                       "no checkpoint at")
 
 
-@pytest.mark.slow
 def test_out_of_memory_suggests_smaller_batch(tmp_path, tiny_data):
     # 20,000 x 32 x 50,304 fp32 logits are 129 GB. Whether a machine would refuse them depends on its RAM and
     # on overcommit (Linux may grant the memory and kill the process later), so the run gets an address-space
@@ -253,7 +247,6 @@ def test_impossible_block_size(tmp_path, tiny_data, block_size, phrase):
                       phrase)
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     common = [f"--dataset={tiny_data}", "--eval_interval=2", "--decay_lr=False", "--grad_clip=0"]
     run_train(tmp_path, *common, "--max_iters=2")
@@ -264,7 +257,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dat
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
-@pytest.mark.slow
 def test_overflowing_gradient_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_data):
     # a finite loss whose gradient overflows: without fp16's scaler to skip it, the step would write inf or NaN
     # into the weights. Crafted from a real checkpoint: ln_f's bias puts every final feature near 10, and an
