@@ -16,15 +16,16 @@ from typing import Iterator
 import torch
 
 import engine
+import hardware
 from configurator import configure
 from errors import UserError, run_main
 from model import GPT
-from tags import TAGS, tag_of, tag_prefix
+from tags import TAGS, optional_tag, tag_of, tag_prefix
 from tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
-out_dir = "out-phi-mini"
+init_from = "resume"  # 'resume' (out_dir/best.pt, else ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 prompt = ""  # answer this one prompt and exit (for scripts); empty = interactive chat
 tag = ""  # a tag for every line that does not start with one, e.g. --tag=Math; empty = none
 max_new_tokens = 256  # longest answer
@@ -45,17 +46,6 @@ HELP = f"""commands:
   /topk N     sample from the N likeliest tokens (0 = all)
   /help       this list
 Start a line with a tag, e.g. "[Math] 2+2=", to use it for that line only. Ctrl-C stops an answer, Ctrl-D leaves."""
-
-
-def parse_tag(name: str) -> str:
-    """'math', '[Math]' or 'Math' -> 'Math'; '' -> '' (no tag)."""
-    name = name.strip().strip("[]")
-    if not name:
-        return ""
-    for known in TAGS:
-        if known.lower() == name.lower():
-            return known
-    raise UserError(f"unknown tag '{name}': use one of {', '.join(TAGS)}")
 
 
 def non_negative(value):
@@ -114,7 +104,7 @@ class Chat:
                 self.turns = []
                 return "(conversation cleared)"
             if name == "/tag":
-                self.tag = parse_tag(arg)
+                self.tag = optional_tag(arg)
                 return f"(tag: [{self.tag}])" if self.tag else "(no tag)"
             if name == "/temp":
                 self.sampling.temperature = non_negative(float(arg))
@@ -133,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     if seed >= 0:
         torch.manual_seed(seed)
-    engine.use_idle_cores()
-    model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
-    chat = Chat(model, engine.Sampling(temperature, top_k, top_p, repetition_penalty), parse_tag(tag),
+    hardware.set_cpu_threads(idle_only=True)
+    model = engine.load_for_inference(init_from, engine.newest_out_dir(init_from, out_dir), device, dtype,
+                                     compile)
+    chat = Chat(model, engine.Sampling(temperature, top_k, top_p, repetition_penalty), optional_tag(tag),
                 max_new_tokens)
     if prompt:
         for piece in chat.answer(prompt):

@@ -13,6 +13,7 @@ needs arbitrary unpickling is refused.
 
 import os
 import pickle
+import zipfile
 
 import torch
 
@@ -56,18 +57,27 @@ def save_checkpoint(checkpoint: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint safely (weights_only); one clear error if it is missing, corrupt or unsafe."""
+    """Read a checkpoint safely (weights_only); one clear error if it is missing, damaged or unsafe."""
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}: train one first (python train.py ...) or point --out_dir "
                         "at the directory that holds ckpt.pt")
+    # torch.save writes a zip archive whose directory is at the end: a file cut short (a full disk, a copy
+    # stopped early) or some other file is not one, and torch would answer with miniz's paragraph about it
+    damaged = f"{path} is damaged or not a checkpoint (truncated?): train again or point --out_dir at another run"
+    if not zipfile.is_zipfile(path):
+        raise UserError(damaged)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # a damaged pickle, not a refused one
+            raise UserError(damaged) from e
         raise UserError(f"refusing to load {path}: it contains objects that need arbitrary code to unpickle, "
                         "which could run anything; only checkpoints of tensors and plain values are loaded "
                         "(save one with train.py)") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]} (is it truncated?)") from e
+    except PermissionError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from e
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as e:
+        raise UserError(damaged) from e
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
         raise UserError(f"{path} is not a NanoPhi checkpoint (expected a dict with 'model' and 'model_args')")
     return checkpoint

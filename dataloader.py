@@ -85,7 +85,9 @@ class TrainSampler:
 
     def next_iteration(self) -> np.ndarray:
         """Offsets for every micro-step of the next iteration, all ranks: shape (micro_steps, batch_size)."""
-        high = self.n_tokens - self.block_size - 1
+        # a window is block_size + 1 tokens, so the last offset that fits is n_tokens - block_size - 1; randint's
+        # bound is exclusive, so that offset + 1 (one less would never train on the split's last token)
+        high = self.n_tokens - self.block_size
         offsets = torch.randint(high, (self.micro_steps, self.batch_size), generator=self.generator)
         self.iterations += 1
         return offsets.numpy()

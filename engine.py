@@ -9,7 +9,9 @@
 """
 
 import codecs
+import glob
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn as nn
 
 import hardware
-from checkpoint import load_model
+from checkpoint import CHECKPOINT_NAME, load_model
 from errors import UserError
 from kernels import Int8Linear, PackedLinear
 from model import GPT
@@ -33,18 +35,21 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return hardware.DTYPES[hardware.pick_dtype(device, name)[0]]
 
 
-def use_idle_cores() -> int:
-    """Give torch one CPU thread per core that no other process is keeping busy (at least one), unless
-    OMP_NUM_THREADS says otherwise; return the count.
-
-    Decoding one token runs a few hundred small ops, and each op waits for all of its threads. A thread
-    on a core that another process holds is descheduled for a whole time slice, and every op waits for
-    it: on a 2-core machine busy with training, a small model decoded at 5 tokens/s with 2 threads and at
-    350 with 1."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-        torch.set_num_threads(max(1, hardware.cpu_cores() - busy))
-    return torch.get_num_threads()
+def newest_out_dir(init_from: str, out_dir: str) -> str:
+    """out_dir as given; or, when it is empty and the model comes from a checkpoint, the run written most
+    recently: the out*/ directory (under the current one, where train.py writes them) with the newest
+    ckpt.pt, so `python train.py config/X.py` then `python sample.py` samples the model just trained. The
+    choice is announced on stderr, the first line the user sees."""
+    if out_dir or init_from != "resume":
+        return out_dir
+    candidates = [os.path.dirname(p) for p in glob.glob(os.path.join("out*", CHECKPOINT_NAME))]
+    if not candidates:
+        raise UserError(f"no out*/{CHECKPOINT_NAME} here: train a model first (python train.py "
+                        "config/train_phi_mini.py), or give --out_dir (or --init_from=gpt2)")
+    newest = max(candidates, key=lambda d: os.path.getmtime(os.path.join(d, CHECKPOINT_NAME)))
+    print(f"reading {os.path.join(newest, CHECKPOINT_NAME)}, the newest out*/{CHECKPOINT_NAME} "
+          f"(--out_dir picks another)", file=sys.stderr, flush=True)
+    return newest
 
 
 def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype: str = "auto",

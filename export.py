@@ -20,14 +20,15 @@ import torch
 
 from checkpoint import load_model
 from configurator import configure
+from engine import newest_out_dir
 from errors import UserError, run_main
-from model import GPT
+from model import GPT, TRANSFORMERS_BUFFERS
 from tags import TAGS
-from tokenizer import EOT_ID, EOT_TOKEN, bpe_files, default_bpe_dir
+from tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_files, default_bpe_dir
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (out_dir/ckpt.pt), or a GPT-2 name / transformers directory to re-export
-out_dir = "out-phi-mini"
+init_from = "resume"  # 'resume' (out_dir/best.pt, else ckpt.pt), or a GPT-2 name / transformers directory to re-export
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 hf_dir = "hf-phi"  # where to write the transformers directory
 temperature = 0.85  # sampling defaults written to generation_config.json
 top_k = 8
@@ -36,20 +37,30 @@ max_new_tokens = 200
 
 
 def transformers_model(model: GPT):
-    """A GPT2LMHeadModel holding our weights (GPT-2 without biases gets zero biases: the same function)."""
+    """A GPT2LMHeadModel holding our weights (GPT-2 without biases gets zero biases: the same function).
+
+    It has exactly the tokenizer's 50257 rows: a model trained from scratch pads its vocabulary to 50304 for
+    speed, and the padding rows (never a target in training) are dropped, so the export cannot emit an id
+    its tokenizer cannot decode. Dropout is the run's, not transformers' default of 0.1."""
     from transformers import GPT2Config, GPT2LMHeadModel
     cfg = model.config
-    config = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+    if cfg.vocab_size < VOCAB_SIZE:
+        raise UserError(f"cannot export: the model has {cfg.vocab_size} tokens, GPT-2's tokenizer {VOCAB_SIZE}")
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                         n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                         bos_token_id=EOT_ID, eos_token_id=EOT_ID, tie_word_embeddings=True)
     hf_model = GPT2LMHeadModel(config)
     target = hf_model.state_dict()
     weights = {k: v.float() for k, v in model.to_transformers_state_dict().items()}
+    for name in ("transformer.wte.weight", "lm_head.weight"):  # tied: the same rows
+        if name in weights:
+            weights[name] = weights[name][:VOCAB_SIZE]
     for name, tensor in target.items():
         if name not in weights and name.endswith("bias"):
             weights[name] = torch.zeros_like(tensor)
     hf_model.load_state_dict(weights, strict=False)  # only the causal-mask buffers some versions keep are left out
-    missing = [k for k in target if k not in weights and not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    missing = [k for k in target if k not in weights and not k.endswith(TRANSFORMERS_BUFFERS)]
     if missing:
         raise UserError(f"cannot export: transformers' GPT-2 has weights NanoPhi does not: {missing[:3]}")
     return hf_model.eval()
@@ -111,7 +122,7 @@ def export(model: GPT, directory: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
-    model, _ = load_model(init_from, out_dir, "cpu")
+    model, _ = load_model(init_from, newest_out_dir(init_from, out_dir), "cpu")
     export(model, hf_dir)
     print(f"wrote {hf_dir}: load it with transformers.pipeline('text-generation', model='{hf_dir}')")
 

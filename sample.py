@@ -13,12 +13,13 @@ import sys
 import torch
 
 import engine
+import hardware
 from configurator import configure
 from errors import run_main
 
 # -----------------------------------------------------------------------------
-init_from = "resume"  # 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
-out_dir = "out-phi-mini"
+init_from = "resume"  # 'resume' (out_dir/best.pt, else ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory
+out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 start = "[Textbook] Python"  # the prompt, or FILE:path to read it from a file
 num_samples = 3
 max_new_tokens = 200
@@ -36,8 +37,9 @@ compile = False  # torch.compile the model: slow start, faster decoding on GPUs
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     torch.manual_seed(seed)  # one seed for the run: samples differ from each other but repeat run to run
-    engine.use_idle_cores()
-    model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
+    hardware.set_cpu_threads(idle_only=True)
+    model = engine.load_for_inference(init_from, engine.newest_out_dir(init_from, out_dir), device, dtype,
+                                     compile)
     ids, dropped = engine.keep_last(engine.encode(engine.read_start(start)), model.config.block_size)
     if dropped:
         print(f"note: the prompt is longer than the model's context; keeping its last "

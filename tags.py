@@ -47,6 +47,11 @@ def check_tag(tag: object, where: str = "") -> str:
     raise UserError(f"{place}unknown tag {tag!r}: use one of {', '.join(TAGS)}")
 
 
+def optional_tag(tag: object) -> str:
+    """check_tag, except that an empty tag ('', ' ', '[]') means no tag and gives ''."""
+    return check_tag(tag) if str(tag).strip().strip("[]").strip() else ""
+
+
 def format_doc(tag: str, text: str) -> str:
     """A document whose text is already laid out: '[Tag] text'."""
     return f"{tag_prefix(tag)} {text.strip()}"

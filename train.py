@@ -18,6 +18,7 @@ import gc
 import math
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -396,6 +397,12 @@ def main() -> None:
         del model
         gc.collect()
         dist.destroy_process_group()
+        # Still, a compiled rank keeps helper threads (tqdm's monitor, a compile thread pool) into interpreter
+        # shutdown, where CPython < 3.14 ends a thread that is inside C++ code with pthread_exit and C++ aborts
+        # with that same message. Everything is saved, logged and past the barrier: leave without that shutdown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

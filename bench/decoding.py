@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     else:
-        engine.use_idle_cores()
+        hardware.set_cpu_threads(idle_only=True)
     directory = build_transformers_dir(tempfile.mkdtemp(prefix="bench-gpt2-"))
     auto = engine.load_for_inference(directory, "", dev, "auto")
     fp32 = engine.load_for_inference(directory, "", dev, "float32")

@@ -1,17 +1,19 @@
 """chat.py driven through stdin as a user would pipe it, and the Chat pieces: tags, commands, the window."""
 
 import builtins
+import os
 
 import pytest
 
 import chat
 import engine
 from errors import UserError
-from fixtures_inference import (eot_out_dir, malicious_out_dir, run_in_process, run_script, tiny_model,  # noqa: F401
-                                tiny_out_dir)
+from helpers import run_as_user, run_in_process, run_script
+from tags import optional_tag
 from tokenizer import EOT_ID
 
 
+@pytest.mark.slow  # a fresh Python with piped stdin: the run a user makes, end to end
 def test_chat_over_stdin(tiny_out_dir):
     script = "[Math] 2+2=\n/tag code\nwrite hello world\n/reset\n/temp 0\n/topk 3\n/help\nagain\n"
     r = run_script("chat.py", f"--out_dir={tiny_out_dir}", "--max_new_tokens=8", "--seed=1", stdin=script)
@@ -24,18 +26,19 @@ def test_chat_over_stdin(tiny_out_dir):
     assert out.endswith("User: \n")  # EOF: a clean exit after the last prompt
 
 
-def test_chat_prompt_answers_once(eot_out_dir, tiny_out_dir):
-    r = run_script("chat.py", f"--out_dir={eot_out_dir}", "--prompt=[Math] 2+2=")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "\n"  # this model ends every answer at once
-    bad = run_script("chat.py", f"--out_dir={tiny_out_dir}", "--tag=Poetry", "--prompt=hi")
-    assert bad.returncode == 1 and "unknown tag 'Poetry'" in bad.stderr and bad.stderr.count("\n") == 1
+def test_chat_prompt_answers_once(eot_out_dir, tiny_out_dir, capsys):
+    code, out, err = run_as_user(chat, [f"--out_dir={eot_out_dir}", "--prompt=[Math] 2+2="], capsys)
+    assert code == 0, err
+    assert out == "\n"  # this model ends every answer at once
+    code, out, err = run_as_user(chat, [f"--out_dir={tiny_out_dir}", "--tag=Poetry", "--prompt=hi"], capsys)
+    assert code == 1 and "unknown tag 'Poetry'" in err and err.count("\n") == 1
 
 
-def test_chat_refuses_malicious_checkpoint(malicious_out_dir):
+def test_chat_refuses_malicious_checkpoint(malicious_out_dir, capsys):
     out_dir, marker = malicious_out_dir
-    r = run_script("chat.py", f"--out_dir={out_dir}", stdin="hi\n")
-    assert r.returncode == 1 and "refusing to load" in r.stderr
+    code, out, err = run_as_user(chat, [f"--out_dir={out_dir}", "--prompt=hi"], capsys)
+    assert code == 1 and "refusing to load" in err
+    assert not os.path.exists(marker)
 
 
 def make_chat(model, max_new_tokens=16, tag=""):
@@ -46,9 +49,9 @@ def test_tags_apply_to_untagged_lines_only(tiny_model):
     c = make_chat(tiny_model, tag="Code")
     assert c.question("print hi") == "[Code] print hi"
     assert c.question("[Math] 1+1=") == "[Math] 1+1="
-    assert chat.parse_tag("[math]") == "Math" and chat.parse_tag(" ") == ""
+    assert optional_tag("[math]") == "Math" and optional_tag(" ") == "" and optional_tag("[]") == ""
     with pytest.raises(UserError):
-        chat.parse_tag("Poetry")
+        optional_tag("Poetry")
     assert "unknown tag" in c.command("/tag Poetry") and c.tag == "Code"
     assert c.command("/tag") == "(no tag)" and c.tag == ""
     assert "needs a number" in c.command("/temp -1") and c.sampling.temperature == 0

@@ -237,6 +237,7 @@ def test_gelu_as_sigmoid_is_gpt2_tanh_gelu():
     assert torch.allclose(grad_ours, grad_ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow  # compiles
 def test_compiled_cpu_training_graph_has_sigmoid_gelu_and_no_fused_head():
     # what torch.compile is handed (recorded, not built: no C++ compiler needed): GELU in its sigmoid form,
     # and the hand-fused head left out of every graph, to run eager between them
@@ -317,7 +318,7 @@ def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
 
 
 def test_from_pretrained_errors_are_one_line(tmp_path):
-    with pytest.raises(UserError, match="could not load GPT-2 weights") as err:
+    with pytest.raises(UserError, match="no such directory") as err:
         GPT.from_pretrained(str(tmp_path / "no-such-model"))
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="dropout"):

@@ -5,7 +5,6 @@ import torch
 
 import engine
 import hardware
-from fixtures_inference import tiny_model  # noqa: F401
 from errors import UserError
 from model import GPT
 

@@ -155,6 +155,7 @@ def bad_inputs(tmp_path):
     }
 
 
+@pytest.mark.slow  # nine runs of prepare.py, each a fresh Python
 def test_bad_inputs_are_one_line_errors(tmp_path):
     for name, (args, message) in bad_inputs(tmp_path).items():
         out = tmp_path / "out" / name.replace(" ", "_")

@@ -19,37 +19,15 @@ import torch
 import hardware
 from checkpoint import best_path, checkpoint_path, load_checkpoint, load_model, model_checkpoint_path, save_checkpoint
 from data.binwriter import write_dataset
+from helpers import ROOT
 from tags import TAGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every test here runs train.py in a fresh Python (some under torchrun), as users run it: the slow tier.
+pytestmark = pytest.mark.slow
+
 TINY = ["--device=cpu", "--dtype=float32", "--compile=False", "--n_layer=2", "--n_head=2", "--n_embd=32",
         "--block_size=32", "--batch_size=4", "--eval_iters=2", "--log_interval=1", "--warmup_iters=2",
         "--learning_rate=3e-3", "--min_lr=3e-4"]
-
-
-def tiny_documents(n: int = 700):
-    """Short documents of every tag, regular enough for a 2-layer model to learn in a few dozen steps."""
-    words = ["red", "blue", "green", "cat", "dog", "sun", "tree", "ball"]
-    for i in range(n):
-        tag = TAGS[i % len(TAGS)]
-        a, b = i % 13, (i * 7) % 11
-        text = {
-            "Textbook": f"Chapter {a}: the {words[a % 8]} {words[b % 8]}\n\nThe {words[a % 8]} is {words[b % 8]}.",
-            "QA": f"**Question:** what is the {words[a % 8]}?\n**Answer:** it is {words[b % 8]} {i}.",
-            "Code": f"def f{i}(x):\n    return x + {a}",
-            "Math": f"{a}+{b}={a + b} {b}+{a}={a + b} #{i}",
-            "Logic": f"All {words[a % 8]}s are {words[b % 8]}. So this {words[a % 8]} is {words[b % 8]}. {i}",
-            "Roleplay": f"Ann: hello {words[a % 8]} {i}\nBob: hello {words[b % 8]}",
-            "Excerpt": f"The {words[a % 8]} sat. {i} [Response] {words[b % 8]}",
-        }[tag]
-        yield tag, f"[{tag}] {text}"
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    out = str(tmp_path_factory.mktemp("tiny-data"))
-    write_dataset(tiny_documents(), out, val_fraction=0.2, num_threads=1, progress=False)
-    return out
 
 
 def run_train(out_dir, *args, torchrun: bool = False, check: bool = True, timeout: int = 180):
@@ -248,10 +226,20 @@ def test_resume_without_checkpoint(tmp_path, tiny_data):
 
 
 def test_out_of_memory_suggests_smaller_batch(tmp_path, tiny_data):
-    # 20,000 x 32 x 50,304 fp32 logits: 129 GB, refused by the allocator
-    assert_user_error(run_train(tmp_path, f"--dataset={tiny_data}", "--batch_size=20000", "--n_layer=1", "--eval_iters=1",
-                                "--eval_interval=100", check=False),
-                      "out of memory", "--batch_size", "--gradient_checkpointing")
+    # 20,000 x 32 x 50,304 fp32 logits are 129 GB. Whether a machine would refuse them depends on its RAM and
+    # on overcommit (Linux may grant the memory and kill the process later), so the run gets an address-space
+    # limit far below the request and far above what the tiny run needs: the request is refused everywhere.
+    import resource
+    limit = 48 << 30
+
+    def limit_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
+               "--batch_size=20000", "--n_layer=1", "--eval_iters=1", "--eval_interval=100"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_address_space)
+    assert_user_error(result, "out of memory", "--batch_size", "--gradient_checkpointing")
 
 
 @pytest.mark.parametrize("block_size, phrase", [(0, "block_size must be at least 1"),

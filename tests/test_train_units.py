@@ -7,20 +7,16 @@ import torch
 
 import dataloader
 import hardware
-from data.binwriter import write_dataset
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError
 from logger import RunLogger, has_wandb_key
 from tags import TAGS
 from tokenizer import get_encoding
-from tests.test_train import tiny_documents
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> TaggedData:
-    out = str(tmp_path_factory.mktemp("tiny-data"))
-    write_dataset(tiny_documents(), out, val_fraction=0.2, num_threads=1, progress=False)
-    return TaggedData(out, block_size=16)
+def data(tiny_data) -> TaggedData:
+    return TaggedData(tiny_data, block_size=16)
 
 
 # ---- precision -------------------------------------------------------------------------------------------
@@ -80,6 +76,15 @@ def test_sampler_state_resumes_the_same_stream():
     b.load_state_dict(state)
     assert np.array_equal(b.next_iteration(), expected) and b.iterations == 2
     assert b.epochs() == pytest.approx(2 * 2 * 4 * 16 / 10_000)
+
+
+def test_sampler_reaches_both_ends_of_the_split():
+    # 20 tokens, windows of 16 + 1: offsets 0..3 fit, and offset 3's window ends at the split's last token
+    sampler = TrainSampler(20, 16, batch_size=64, micro_steps=4, seed=0)
+    offsets = np.concatenate([sampler.next_iteration().ravel() for _ in range(4)])
+    assert set(offsets.tolist()) == {0, 1, 2, 3}
+    tokens = np.arange(20)
+    assert dataloader.windows(tokens, offsets, 16).max() == 19
 
 
 def test_ranks_split_one_global_batch(data):
