@@ -19,7 +19,7 @@ from dataloader import EvalBatches, TaggedData
 from data.binwriter import write_dataset
 from errors import UserError
 from model import GPT, GPTConfig
-from tests.test_train import tiny_documents
+from helpers import tiny_documents
 from train import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
