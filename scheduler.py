@@ -19,6 +19,7 @@ it through submit()/Request.cancel() and gets its events through the callback ea
 
 import codecs
 import collections
+import copy
 import threading
 import time
 import traceback
@@ -200,19 +201,31 @@ class Scheduler:
     def _prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
         """Run prompt through the model into cache row `row` (empty); the last position's logits (1, vocab)."""
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits, _ = self.model(idx, kv_cache=self.cache.rows(row, row + 1))
+        self.cache.reset_row(row)
+        logits, _ = self.model(idx, kv_cache=rows_view(self.cache, row, row + 1))
         return logits[:, -1, :]
 
     def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token for each running row (rows 0..n-1); their logits (n, vocab)."""
-        logits, _ = self.model(tokens, kv_cache=self.cache.rows(0, tokens.size(0)))
+        logits, _ = self.model(tokens, kv_cache=rows_view(self.cache, 0, tokens.size(0)))
         return logits[:, -1, :]
 
     def _move_row(self, src: int, dst: int) -> None:
-        self.cache.copy_row_from(self.cache, src, dst)
+        self.cache.copy_row_from(self.cache, dst, src)
 
     def _reset_row(self, row: int) -> None:
         self.cache.reset_row(row)
+
+
+def rows_view(cache: KVCache, start: int, stop: int) -> KVCache:
+    """Rows start..stop-1 of cache as a cache of their own that shares its memory: a forward through it
+    writes the rows' keys, values and lengths in place, and costs what a cache of stop - start rows costs.
+    Rows of one length take KVCache's plain-slice path (no masks), as single-prompt decoding does."""
+    view = copy.copy(cache)
+    view.k, view.v, view.lengths = cache.k[:, start:stop], cache.v[:, start:stop], cache.lengths[start:stop]
+    lengths = set(view.lengths.tolist())
+    view.same_length = lengths.pop() if len(lengths) == 1 else None
+    return view
 
 
 def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> bool:

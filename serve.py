@@ -229,7 +229,9 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError):
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        # the field's path (messages.0.role), without pydantic's names for the members of a union (prompt.str)
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]
+                         if isinstance(p, int) or not ("[" in p or p in ("str", "int", "float", "bool")))
         if first.get("type") == "json_invalid":
             return ApiError(400, "the request body is not valid JSON", code="invalid_json").response()
         if first.get("type") == "extra_forbidden":
@@ -403,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
           f"(API at /v1; Ctrl-C stops)", flush=True)
     try:
         http.run()
+    except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then passes the signal on
+        print("stopped", flush=True)
     finally:
         scheduler.stop()
     if not http.started:
