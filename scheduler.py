@@ -71,8 +71,9 @@ class Request:
 class Scheduler:
     """Owns the model and its batched KV cache; decodes in a thread of its own until stop()."""
 
-    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 32):
+    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 32, gather_ms: float = 5.0):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
+        self.gather_s = gather_ms / 1000
         self.block_size = model.config.block_size
         weight = model.lm_head.weight
         self.device = weight.device
@@ -113,8 +114,15 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self.lock:
+                    waited = False
                     while not self._stopping and not self.running and not self.waiting:
                         self.lock.wait()
+                        waited = True
+                if waited and self.gather_s:
+                    # Woken from idle: let a burst of requests (clients that start together) arrive, so they
+                    # share one prefill instead of all but the first waiting for it.
+                    time.sleep(self.gather_s)
+                with self.lock:
                     if self._stopping:
                         return
                     joining = []
@@ -132,20 +140,25 @@ class Scheduler:
                     self.cache.lengths.zero_()
 
     def _step(self, joining: list[Request]) -> None:
-        """Prefill the newcomers into free rows and sample their first token, then one decode step for the
-        requests already running; then let finished and abandoned ones go."""
-        decoding = [r for r in self.running if not r.cancelled.is_set()]
-        if decoding:
-            tokens = torch.tensor([[r.last_token] for r in self.running], dtype=torch.long, device=self.device)
-            logits = self._decode(tokens)
-            for row, request in enumerate(self.running):
-                if not request.cancelled.is_set():
-                    self._advance(request, logits[row:row + 1])
+        """The running requests' next tokens and the newcomers' first ones, each row sampled with its own
+        settings; then let finished and abandoned requests go. Newcomers whose prompts pad cheaply into the
+        decode step's batch ride along in its one forward (the weights are read once for all of them, and
+        they wait no extra step for their first token); the others are prefilled in groups of similar
+        length."""
+        groups = prefill_groups(joining)
+        if any(not r.cancelled.is_set() for r in self.running):
+            rows = list(self.running)
+            inputs = [[r.last_token] for r in rows]
+            if groups and cheap_padding([1] * len(rows) + [len(r.prompt) for r in groups[0]]):
+                newcomers = groups.pop(0)
+                inputs += [r.prompt for r in newcomers]
+                self.running.extend(newcomers)
+            self._sample(self.running, self._forward(0, inputs, fresh=len(rows)))
             self.steps += 1
-        for request in joining:
-            row = len(self.running)
-            self.running.append(request)
-            self._advance(request, self._prefill(row, request.prompt))
+        for group in groups:
+            start = len(self.running)
+            self.running.extend(group)
+            self._sample(group, self._forward(start, [r.prompt for r in group], fresh=0))
         self._retire()
 
     def _advance(self, request: Request, logits: torch.Tensor) -> None:
@@ -198,23 +211,47 @@ class Scheduler:
 
     # ---- the model ---------------------------------------------------------------------------------
 
-    def _prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
-        """Run prompt through the model into cache row `row` (empty); the last position's logits (1, vocab)."""
-        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        self.cache.reset_row(row)
-        logits, _ = self.model(idx, kv_cache=rows_view(self.cache, row, row + 1))
+    def _forward(self, start: int, inputs: list[list[int]], fresh: int) -> torch.Tensor:
+        """Feed inputs[i] to cache row start + i, right-padded into one batch; rows from start + fresh on
+        are emptied first (new prompts). Each row's logits at its last token, (len(inputs), vocab)."""
+        for row in range(start + fresh, start + len(inputs)):
+            self.cache.reset_row(row)
+        lengths = [len(x) for x in inputs]
+        width = max(lengths)
+        idx = torch.tensor([x + [0] * (width - len(x)) for x in inputs], dtype=torch.long, device=self.device)
+        valid = None if min(lengths) == width else torch.tensor(lengths, dtype=torch.long, device=self.device)
+        logits, _ = self.model(idx, kv_cache=rows_view(self.cache, start, start + len(inputs)), valid=valid)
         return logits[:, -1, :]
 
-    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """One token for each running row (rows 0..n-1); their logits (n, vocab)."""
-        logits, _ = self.model(tokens, kv_cache=rows_view(self.cache, 0, tokens.size(0)))
-        return logits[:, -1, :]
+    def _sample(self, requests: list[Request], logits: torch.Tensor) -> None:
+        for i, request in enumerate(requests):
+            if not request.cancelled.is_set():
+                self._advance(request, logits[i:i + 1])
 
     def _move_row(self, src: int, dst: int) -> None:
         self.cache.copy_row_from(self.cache, dst, src)
 
     def _reset_row(self, row: int) -> None:
         self.cache.reset_row(row)
+
+
+def prefill_groups(requests: list[Request]) -> list[list[Request]]:
+    """Newcomers in groups to prefill together: one forward reads the weights once for all of them, but
+    right padding costs compute, so a group's padding stays cheap."""
+    groups: list[list[Request]] = []
+    for request in sorted(requests, key=lambda r: len(r.prompt)):
+        n = len(request.prompt)
+        if groups and cheap_padding([len(r.prompt) for r in groups[-1]] + [n]):
+            groups[-1].append(request)
+        else:
+            groups.append([request])
+    return groups
+
+
+def cheap_padding(lengths: list[int]) -> bool:
+    """Whether rows of these lengths, right-padded to the longest, cost at most about twice their real
+    tokens (plus a little, so that short prompts and single tokens always go together)."""
+    return len(lengths) * max(lengths) <= 2 * sum(lengths) + 64
 
 
 def rows_view(cache: KVCache, start: int, stop: int) -> KVCache:
