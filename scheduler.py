@@ -71,7 +71,7 @@ class Request:
 class Scheduler:
     """Owns the model and its batched KV cache; decodes in a thread of its own until stop()."""
 
-    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 32, gather_ms: float = 5.0):
+    def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 32, gather_ms: float = 3.0):
         self.model, self.max_batch, self.max_queue = model, max_batch, max_queue
         self.gather_s = gather_ms / 1000
         self.block_size = model.config.block_size
@@ -119,9 +119,7 @@ class Scheduler:
                         self.lock.wait()
                         waited = True
                 if waited and self.gather_s:
-                    # Woken from idle: let a burst of requests (clients that start together) arrive, so they
-                    # share one prefill instead of all but the first waiting for it.
-                    time.sleep(self.gather_s)
+                    self._gather()
                 with self.lock:
                     if self._stopping:
                         return
@@ -138,6 +136,19 @@ class Scheduler:
                         request.emit(Event(error=f"{type(e).__name__}: {e}"))
                     self.running = []
                     self.cache.lengths.zero_()
+
+    def _gather(self) -> None:
+        """Woken from idle: while requests keep arriving (clients that start together), let them, for a few
+        milliseconds, so that they share one prefill instead of all but the first waiting for it."""
+        deadline = time.monotonic() + 8 * self.gather_s
+        seen = -1
+        while time.monotonic() < deadline:
+            with self.lock:
+                arrived = len(self.waiting)
+            if arrived == seen or arrived >= self.max_batch:
+                return
+            seen = arrived
+            time.sleep(self.gather_s)
 
     def _step(self, joining: list[Request]) -> None:
         """The running requests' next tokens and the newcomers' first ones, each row sampled with its own

@@ -93,13 +93,30 @@ async def one_client(http: httpx.AsyncClient, url: str, ids: list[int]) -> tuple
     return start, first if first is not None else end, end, tokens
 
 
-async def concurrent_clients(url: str, ids: list[int], n: int) -> dict:
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n)) as http:
-        results = await asyncio.gather(*(one_client(http, url, ids) for _ in range(n)))
+async def concurrent_clients(http: httpx.AsyncClient, url: str, ids: list[int], n: int) -> dict:
+    results = await asyncio.gather(*(one_client(http, url, ids) for _ in range(n)))
     wall = max(r[2] for r in results) - min(r[0] for r in results)
     return {"tokens_per_s": sum(r[3] for r in results) / wall,
             "ttft_s": statistics.median(r[1] - r[0] for r in results),
             "tokens": sum(r[3] for r in results)}
+
+
+async def measure(model: GPT, url: str, ids: list[int]) -> dict[str, list]:
+    """The three contenders, interleaved, repeats times. One HTTP client whose connections stay open, as a
+    busy client library's do: a timed request does not pay for a TCP handshake."""
+    runs: dict[str, list] = {"sample_py": [], "one": [], "many": []}
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+        await concurrent_clients(http, url, ids, clients)  # warm up: open the connections, first allocations
+        sample_py_speed(model, ids)
+        for r in range(repeats):
+            runs["sample_py"].append(sample_py_speed(model, ids))
+            runs["one"].append(await concurrent_clients(http, url, ids, 1))
+            runs["many"].append(await concurrent_clients(http, url, ids, clients))
+            print(f"  repeat {r + 1}: sample.py {runs['sample_py'][-1]:.1f} tok/s, 1 client "
+                  f"{runs['one'][-1]['tokens_per_s']:.1f} tok/s (TTFT {runs['one'][-1]['ttft_s'] * 1e3:.0f} ms), "
+                  f"{clients} clients {runs['many'][-1]['tokens_per_s']:.1f} tok/s "
+                  f"(median TTFT {runs['many'][-1]['ttft_s'] * 1e3:.0f} ms)", flush=True)
+    return runs
 
 
 def free_port() -> int:
@@ -142,17 +159,7 @@ def main(argv: list[str] | None = None) -> None:
               f"temperature {temperature}, top_k {top_k}; {clients} clients vs 1; {repeats} repeats", flush=True)
         proc, url = start_server(out_dir, n_threads)
         try:
-            asyncio.run(concurrent_clients(url, ids, 1))  # warm up the server (first requests allocate)
-            sample_py_speed(model, ids)
-            runs: dict[str, list] = {"sample_py": [], "one": [], "many": []}
-            for r in range(repeats):
-                runs["sample_py"].append(sample_py_speed(model, ids))
-                runs["one"].append(asyncio.run(concurrent_clients(url, ids, 1)))
-                runs["many"].append(asyncio.run(concurrent_clients(url, ids, clients)))
-                print(f"  repeat {r + 1}: sample.py {runs['sample_py'][-1]:.1f} tok/s, 1 client "
-                      f"{runs['one'][-1]['tokens_per_s']:.1f} tok/s (TTFT {runs['one'][-1]['ttft_s'] * 1e3:.0f} ms), "
-                      f"{clients} clients {runs['many'][-1]['tokens_per_s']:.1f} tok/s "
-                      f"(median TTFT {runs['many'][-1]['ttft_s'] * 1e3:.0f} ms)", flush=True)
+            runs = asyncio.run(measure(model, url, ids))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
