@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> None:
         http.run()
     except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl-C, then passes the signal on
         print("stopped", flush=True)
+    except SystemExit:  # uvicorn exits when it cannot bind; say so in our one line below
+        if http.started:
+            raise
     finally:
         scheduler.stop()
     if not http.started:
