@@ -78,7 +78,7 @@ class Scheduler:
         weight = model.lm_head.weight
         self.device = weight.device
         self.cache = KVCache(model.config, max_batch, self.block_size, weight.device, weight.dtype)
-        self.running: list[Request] = []  # running[i] owns cache row i
+        self.running: list[Request] = []  # running[i] owns cache row i; changed by the decoding thread only
         self.waiting: collections.deque[Request] = collections.deque()
         self.lock = threading.Condition()
         self.steps = 0  # decode steps taken (for tests and the health endpoint)
@@ -91,6 +91,8 @@ class Scheduler:
     def submit(self, request: Request) -> bool:
         """Queue request; False when max_queue requests already wait (the caller answers 429)."""
         with self.lock:
+            if len(self.waiting) >= self.max_queue:  # clients that left while waiting give their place back
+                self.waiting = collections.deque(r for r in self.waiting if not r.cancelled.is_set())
             if self._stopping or len(self.waiting) >= self.max_queue:
                 return False
             self.waiting.append(request)
@@ -275,13 +277,3 @@ def rows_view(cache: KVCache, start: int, stop: int) -> KVCache:
     view.same_length = lengths.pop() if len(lengths) == 1 else None
     return view
 
-
-def wait_idle(scheduler: Scheduler, timeout: float = 10.0) -> bool:
-    """Wait until nothing runs or waits (tests use it to check that abandoned rows were freed)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        load = scheduler.load()
-        if not load["running"] and not load["waiting"]:
-            return True
-        time.sleep(0.02)
-    return False
