@@ -5,7 +5,8 @@
 - read and encode prompts (`FILE:path`, the `<eot>` marker), keeping the last tokens when one is too long,
 - on CPUs with native bf16, repack the weights once so that decoding streams them at memory speed,
 - or, opt-in (dtype='int8'), quantize them to int8 for half the bytes per token,
-- stream a continuation as text, token by token, ending at end-of-text.
+- stream a continuation as text, token by token, ending at end-of-text,
+- generate continuations of many prompts of different lengths together, batch by batch (generate_batch).
 """
 
 import codecs
@@ -22,7 +23,7 @@ import hardware
 from checkpoint import CHECKPOINT_NAME, load_model
 from errors import UserError
 from kernels import Int8Linear, PackedLinear
-from model import GPT
+from model import GPT, KVCache, TokenSampler
 from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 
 FILE_PREFIX = "FILE:"
@@ -164,3 +165,79 @@ def stream(model: GPT, ids: list[int], max_new_tokens: int, sampling: Sampling) 
         # A model trained from scratch pads its vocabulary to 50304; the padding ids have no text.
         piece = enc.decode_single_token_bytes(token) if token < enc.n_vocab else b""
         yield token, utf8.decode(piece)
+
+
+def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, sampling: Sampling | None = None,
+                   stop_token: int | None = EOT_ID, batch_size: int = 32, seed: int | None = None) -> list[list[int]]:
+    """Continuations (token ids, the stop token left out) of many prompts, batch_size prompts per forward.
+
+    Prompts of similar length are batched together (less padding); each batch is right-padded into one prefill
+    and then decoded one token per row per step through one KVCache with per-row lengths (model.KVCache).
+    A row stops at stop_token or after max_new_tokens, its cache row frozen (fed with valid=0); once half the
+    rows have stopped, the batch is compacted so that decoding stops paying for them. sampling=None is greedy,
+    and gives the same tokens as model.generate one prompt at a time (a test checks it). Batches do not slide
+    the context window: a prompt keeps its last block_size tokens and its row stops when the window is full.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("an empty prompt: every prompt needs at least one token")
+    sampling = sampling or Sampling(temperature=0.0, top_k=None)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=model.lm_head.weight.device).manual_seed(seed)
+    sampler = TokenSampler(sampling.temperature, sampling.top_k or None, sampling.top_p, sampling.repetition_penalty,
+                           generator)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for row, tokens in zip(rows, _generate_rows(model, [prompts[i] for i in rows], max_new_tokens, sampler,
+                                                    stop_token)):
+            out[row] = tokens
+    return out
+
+
+@torch.inference_mode()
+def _generate_rows(model: GPT, prompts: list[list[int]], max_new_tokens: int, sampler: TokenSampler,
+                   stop_token: int | None) -> list[list[int]]:
+    """One batch of generate_batch."""
+    device = model.lm_head.weight.device
+    block = model.config.block_size
+    prompts = [keep_last(p, block)[0] for p in prompts]
+    # the token made from the forward at position block - 1 is the last one this window allows
+    budgets = [min(max_new_tokens, block - len(p) + 1) for p in prompts]
+    if max(budgets) <= 0:
+        return [[] for _ in prompts]
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    width = int(lengths.max())
+    idx = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=device)
+    # the cache holds each row's prompt and every generated token but the last (which is never fed back)
+    max_len = max(len(p) + b - 1 for p, b in zip(prompts, budgets))
+    cache = KVCache(model.config, len(prompts), max(width, max_len), device, model.lm_head.weight.dtype)
+    logits, _ = model(idx, kv_cache=cache, valid=lengths)
+    # the repetition penalty reads each row's tokens so far; padded with the row's own first token, which
+    # changes nothing about which tokens it has seen
+    history = torch.where(torch.arange(width, device=device) < lengths.unsqueeze(1), idx, idx[:, :1])
+    out: list[list[int]] = [[] for _ in prompts]
+    alive = list(range(len(prompts)))  # the prompt each cache row belongs to
+    running = [True] * len(prompts)
+    while True:
+        next_token = sampler(logits[:, -1, :].float(), history)
+        for row, (prompt, token) in enumerate(zip(alive, next_token.tolist())):
+            if not running[row]:
+                continue
+            if token == stop_token:
+                running[row] = False
+                continue
+            out[prompt].append(token)
+            running[row] = len(out[prompt]) < budgets[prompt]
+        if not any(running):
+            return out
+        if sum(running) <= len(alive) // 2:  # compact: drop the stopped rows from the batch
+            keep = torch.tensor([row for row, going in enumerate(running) if going], device=device)
+            cache.keep_rows(keep)
+            alive = [alive[row] for row in keep.tolist()]
+            next_token, history, running = next_token[keep], history[keep], [True] * len(keep)
+        if sampler.repetition_penalty != 1.0:
+            history = torch.cat([history, next_token.unsqueeze(1)], dim=1)
+        valid = torch.tensor(running, dtype=torch.long, device=device)
+        logits, _ = model(next_token.unsqueeze(1), kv_cache=cache, valid=valid)

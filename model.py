@@ -40,21 +40,106 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len` positions."""
+    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len` positions per row.
+
+    Each row b has its own filled length, `lengths[b]`: the next tokens fed for that row go to positions
+    lengths[b], lengths[b] + 1, ... (their position embeddings too), and each attends to the row's keys up
+    to itself. So rows of different lengths share one batch: prompts right-padded into one prefill (GPT.forward's
+    `valid` says how many of each row's tokens are real), and rows reset and refilled on their own while the
+    others keep decoding (continuous batching: `reset_row`, then `copy_row_from` a batch-1 cache that prefilled
+    the new prompt, or a prefill in place with valid=0 for the rows that wait). Padding tokens' keys go to one
+    spare slot past max_len that no query attends to, so padding never overwrites a row's real keys.
+
+    While every row is equally long and no padding is fed (single-prompt generation, sample.py and chat.py),
+    `same_length` holds that length as a Python int, and each forward writes and reads plain slices as before
+    per-row lengths existed: no masks, no scatter, no device sync.
+    """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        shape = (config.n_layer, batch_size, config.n_head, max_len + 1, config.n_embd // config.n_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # how many positions are filled
+        self.max_len = max_len
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # filled positions per row
+        self.same_length: int | None = 0  # the common length while all rows have one, else None
+        self._step = None  # where this forward's tokens go: set by begin(), read by append() in every layer
+        self._valid = None
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's new keys/values at the current position; return all keys/values so far."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    @property
+    def pos(self) -> int:
+        """Positions filled in the longest row (all rows, in single-prompt generation)."""
+        return self.same_length if self.same_length is not None else int(self.lengths.max())
 
+    def begin(self, T: int, valid: torch.Tensor | None) -> torch.Tensor:
+        """Plan a forward of T new tokens per row (valid[b] of them real): return their positions, (T,) while
+        rows are equally long, else (B, T) with padding positions clamped to the last one."""
+        if valid is None and self.same_length is not None:
+            start = self.same_length
+            if start + T > self.max_len:
+                raise ValueError(f"cannot cache {start + T} positions, the cache holds {self.max_len}")
+            self._step = (start, T)
+            return torch.arange(start, start + T, dtype=torch.long, device=self.lengths.device)
+        steps = torch.arange(T, device=self.lengths.device)
+        if valid is None:
+            valid = torch.full_like(self.lengths, T)
+        positions = self.lengths.unsqueeze(1) + steps  # (B, T)
+        if int((self.lengths + valid).max()) > self.max_len:
+            raise ValueError(f"cannot cache {int((self.lengths + valid).max())} positions, the cache holds {self.max_len}")
+        slots = torch.where(steps < valid.unsqueeze(1), positions, self.max_len)  # padding -> the spare slot
+        keys = min(self.max_len, int(self.lengths.max()) + T)  # the columns any real query can reach
+        mask = torch.arange(keys, device=steps.device) <= positions.unsqueeze(2)  # (B, T, keys): up to itself
+        self._step = (slots, keys, mask.unsqueeze(1))
+        self._valid = valid
+        return positions.clamp(max=self.max_len - 1)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this layer's new keys/values; return (all keys, all values, attention mask or None,
+        whether the plain causal mask applies)."""
+        if len(self._step) == 2:
+            start, T = self._step
+            end = start + T
+            self.k[layer, :, :, start:end] = k
+            self.v[layer, :, :, start:end] = v
+            # New queries see every cached position plus the new ones up to themselves. A single new token
+            # sees everything, so it needs no mask at all (the common decode step).
+            mask = None
+            if start > 0 and T > 1:
+                mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start)
+            return self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, start == 0
+        slots, keys, mask = self._step
+        rows = torch.arange(k.size(0), device=k.device).unsqueeze(1)
+        self.k[layer, rows, :, slots] = k.transpose(1, 2)  # (B, T, H, D) at [row, :, slot]
+        self.v[layer, rows, :, slots] = v.transpose(1, 2)
+        return self.k[layer, :, :, :keys], self.v[layer, :, :, :keys], mask, False
+
+    def end(self, T: int) -> None:
+        """Advance the lengths past this forward's real tokens."""
+        if len(self._step) == 2:
+            self.same_length += T
+            self.lengths += T
+        else:
+            self.lengths += self._valid
+            self.same_length = None
+        self._step = None
+
+    def reset_row(self, row: int) -> None:
+        """Empty one row (its old keys are simply overwritten as it refills)."""
+        self.lengths[row] = 0
+        self.same_length = 0 if self.lengths.numel() == 1 else None
+
+    def copy_row_from(self, other: "KVCache", row: int, other_row: int = 0) -> None:
+        """Put other's row other_row (e.g. a new prompt prefilled alone in a batch-1 cache) into this row."""
+        n = int(other.lengths[other_row])
+        if n > self.max_len:
+            raise ValueError(f"cannot copy {n} positions into a cache of {self.max_len}")
+        self.k[:, row, :, :n] = other.k[:, other_row, :, :n]
+        self.v[:, row, :, :n] = other.v[:, other_row, :, :n]
+        self.lengths[row] = n
+        self.same_length = n if self.lengths.numel() == 1 else None
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only these rows, in this order (e.g. drop finished ones so that decoding stops paying for them)."""
+        self.k, self.v, self.lengths = self.k[:, rows], self.v[:, rows], self.lengths[rows]
 
 
 class CausalSelfAttention(nn.Module):
@@ -75,14 +160,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask, is_causal = None, True
         if kv_cache is not None:
-            past = kv_cache.pos
-            k, v = kv_cache.append(layer, k, v)
-            if past > 0:
-                # New queries see every cached position plus the new ones up to themselves. A single new
-                # token sees everything, so it needs no mask at all (the common decode step).
-                is_causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            k, v, mask, is_causal = kv_cache.append(layer, k, v)
         if explicit and kv_cache is None and T <= EXPLICIT_ATTENTION_MAX_T:  # CPU training (kernels.py)
             y = explicit_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
@@ -171,7 +249,8 @@ class GPT(nn.Module):
         return n_params
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                all_logits: bool = False, reduction: str = "mean", cpu_kernels: bool = False):
+                all_logits: bool = False, reduction: str = "mean", cpu_kernels: bool = False,
+                valid: torch.Tensor | None = None):
         """(logits, None) without targets; (None, loss) with targets (-1 = ignore): training and eval need only
         the loss, and not returning the (tokens x vocab) logits lets their memory go before backward.
 
@@ -179,14 +258,21 @@ class GPT(nn.Module):
         paths: attention with explicit scores at short context, and the LM head fused with the mean loss.
 
         Without targets only the last position's logits are computed (all of them with all_logits=True),
-        which is all that generation needs. With a kv_cache, idx continues the cached sequence.
+        which is all that generation needs. With a kv_cache, idx continues the cached sequence: row b's tokens
+        go at positions kv_cache.lengths[b] onwards. valid (B,) (with a kv_cache only) says how many of each
+        row's T tokens are real, the rest being right padding: lengths advance by valid, and the logits
+        returned without all_logits are each row's at its last real token (valid - 1).
         reduction='none' returns the per-token loss, shaped like targets.
         """
         B, T = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"cannot forward {start + T} positions, block size is only {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if kv_cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"cannot forward {T} positions, block size is only {self.config.block_size}")
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        else:
+            if kv_cache.max_len > self.config.block_size:
+                raise ValueError(f"a cache of {kv_cache.max_len} positions, block size is only {self.config.block_size}")
+            pos = kv_cache.begin(T, valid)  # (T,), or (B, T) when rows differ in length
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
             if self.gradient_checkpointing and self.training and kv_cache is None:
@@ -194,7 +280,7 @@ class GPT(nn.Module):
             else:
                 x = block(x, layer, kv_cache, cpu_kernels)
         if kv_cache is not None:
-            kv_cache.pos += T
+            kv_cache.end(T)
         x = self.transformer.ln_f(x)
         if targets is not None and reduction == "mean" and cpu_kernels:
             # the head and loss fused (kernels.FusedHeadLoss), whose logits turn into their gradient in place.
@@ -213,7 +299,8 @@ class GPT(nn.Module):
             valid = (targets != -1).sum()
             return None, loss.sum() / valid if reduction == "mean" else loss.sum()
         if not all_logits:
-            x = x[:, [-1], :]
+            # each row's last real token: with right-padded rows (valid) that is not the last column
+            x = x[:, [-1], :] if valid is None else x[torch.arange(B, device=x.device), (valid - 1).clamp(min=0)].unsqueeze(1)
         return self.lm_head(x), None
 
     # ---- context length -------------------------------------------------------------------------------
@@ -352,7 +439,7 @@ class GPT(nn.Module):
                 # (Re)fill the cache. Past block_size the window slides: learned absolute positions cannot be
                 # shifted inside a cache, so keep the last 3/4 block and prefill it again; that costs one
                 # prefill per block/4 new tokens instead of a full recompute per token.
-                keep = block_size if cache is None else block_size * 3 // 4
+                keep = block_size if cache is None else max(1, block_size * 3 // 4)  # a 1-position model keeps 1
                 context = seq[:, -keep:]
                 cache = KVCache(self.config, seq.size(0), block_size, idx.device, self.lm_head.weight.dtype)
                 logits, _ = self(context, kv_cache=cache)
