@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import chat
 import engine
+import hardware
 from configurator import configure
 from errors import UserError, run_main
 from model import GPT, TokenSampler
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     if not is_loopback(host) and not key:
         print(f"warning: serving on {host} without an API key: anyone who can reach this machine can use it; "
               "set --api_key=... or NANOPHI_API_KEY", file=sys.stderr)
-    threads = engine.use_idle_cores()
+    threads = hardware.set_cpu_threads(idle_only=True)
     model = engine.load_for_inference(init_from, out_dir, device, dtype, compile)
     name = model_name or (os.path.basename(os.path.normpath(out_dir)) if init_from == "resume" else init_from)
     scheduler = Scheduler(model, max_batch, max_queue)

@@ -26,6 +26,7 @@ import httpx
 import torch
 
 import engine
+import hardware
 from checkpoint import checkpoint_path, save_checkpoint
 from configurator import configure
 from errors import UserError, run_main
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
     if threads:
         torch.set_num_threads(threads)
-    n_threads = engine.use_idle_cores() if not threads else threads
+    n_threads = hardware.set_cpu_threads(idle_only=True) if not threads else threads
     ids = prompt_ids()
     with tempfile.TemporaryDirectory() as out_dir:
         save_random_model(out_dir)

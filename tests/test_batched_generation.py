@@ -4,7 +4,6 @@ produces at and past the context window."""
 import torch
 
 import engine
-from fixtures_inference import eot_out_dir, tiny_model  # noqa: F401
 from model import GPT, GPTConfig, KVCache
 
 

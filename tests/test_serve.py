@@ -15,7 +15,7 @@ import pytest
 
 import engine
 from conftest import save_tiny_transformers_gpt2
-from fixtures_inference import ROOT, run_script, save_tiny_checkpoint
+from helpers import ROOT, run_script, save_tiny_checkpoint
 from model import GPT
 
 PROMPT = "[Math] 1+1=2 2+2=4 3+3="

@@ -6,7 +6,6 @@ import time
 import torch
 
 import engine
-from fixtures_inference import tiny_model  # noqa: F401
 from model import TokenSampler
 from scheduler import Event, Request, Scheduler, cheap_padding, prefill_groups
 
