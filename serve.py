@@ -35,7 +35,7 @@ from configurator import configure
 from errors import UserError, run_main
 from model import GPT, TokenSampler
 from scheduler import Event, Request, Scheduler
-from tags import TAGS
+from tags import TAGS, optional_tag
 from tokenizer import EOT_ID
 
 # -----------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class Server:
         if not body.messages[-1].content.strip():
             raise ApiError(400, "the last user message is empty", "messages")
         try:
-            tag = chat.parse_tag(body.tag or "")
+            tag = optional_tag(body.tag or "")
         except UserError as e:
             raise ApiError(400, str(e), "tag")
         conversation = chat.Chat(self.model, engine.Sampling(), tag, max_tokens)
