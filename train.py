@@ -197,7 +197,8 @@ def main() -> None:
         again = "" if peak.datasheet else f", again about every {PEAK_SAMPLE_INTERVAL} s, the best kept"
         print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s "
               f"({peak.describe()} on {dev}{again})")
-    logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config)
+    logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config,
+                       os.path.join(out_dir, "metrics.jsonl") if master else None, iter_num)
 
     @torch.no_grad()
     def evaluate() -> dict[str, float]:
