@@ -29,7 +29,7 @@ class NanoPhiLM(LM):
         super().__init__()
         self.model, self.batch_size, self.max_gen_toks = model, batch_size, max_gen_toks
         self.block_size = model.config.block_size
-        self.device = model.lm_head.weight.device
+        self.torch_device = model.lm_head.weight.device
 
     # ---- log-likelihoods ------------------------------------------------------------------------------
 
@@ -54,14 +54,14 @@ class NanoPhiLM(LM):
             # the model reads all tokens but the last, cut from the left to block_size
             rows = [(ctx + cont)[-(self.block_size + 1):] for ctx, cont in chunk]
             width = max(len(r) - 1 for r in rows)
-            x = torch.tensor([r[:-1] + [0] * (width - len(r) + 1) for r in rows], device=self.device)
+            x = torch.tensor([r[:-1] + [0] * (width - len(r) + 1) for r in rows], device=self.torch_device)
             logits, _ = self.model(x, all_logits=True)
             logprobs = F.log_softmax(logits.float(), dim=-1)
             for i, ((ctx, cont), row) in enumerate(zip(chunk, rows)):
                 n = len(cont)
                 end = len(row) - 1
                 lp = logprobs[i, end - n:end]
-                target = torch.tensor(row[-n:], device=self.device)
+                target = torch.tensor(row[-n:], device=self.torch_device)
                 total = lp.gather(1, target.unsqueeze(1)).sum().item()
                 out.append((total, bool((lp.argmax(-1) == target).all())))
         return out
