@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     if run.get("wandb_log"):
         from logger import RunLogger
         logger = RunLogger(True, run.get("wandb_project", "nanophi"), run.get("wandb_run_name", "run") + "-eval", run)
-        flat = {f"eval/{name}/{metric}": m["value"] for name, r in results.items() for metric, m in r["metrics"].items()}
+        flat = {f"eval/{name}/{metric}": m["value"]
+                for name, r in results.items() for metric, m in r["metrics"].items()}
         logger.log(flat, step=iteration or 0)
         logger.finish()
 

@@ -90,8 +90,9 @@ class KVCache:
         if valid is None:
             valid = torch.full_like(self.lengths, T)
         positions = self.lengths.unsqueeze(1) + steps  # (B, T)
-        if int((self.lengths + valid).max()) > self.max_len:
-            raise ValueError(f"cannot cache {int((self.lengths + valid).max())} positions, the cache holds {self.max_len}")
+        needed = int((self.lengths + valid).max())
+        if needed > self.max_len:
+            raise ValueError(f"cannot cache {needed} positions, the cache holds {self.max_len}")
         slots = torch.where(steps < valid.unsqueeze(1), positions, self.max_len)  # padding -> the spare slot
         keys = min(self.max_len, int(self.lengths.max()) + T)  # the columns any real query can reach
         mask = torch.arange(keys, device=steps.device) <= positions.unsqueeze(2)  # (B, T, keys): up to itself
@@ -277,7 +278,8 @@ class GPT(nn.Module):
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         else:
             if kv_cache.max_len > self.config.block_size:
-                raise ValueError(f"a cache of {kv_cache.max_len} positions, block size is only {self.config.block_size}")
+                raise ValueError(f"a cache of {kv_cache.max_len} positions, block size is only "
+                                 f"{self.config.block_size}")
             pos = kv_cache.begin(T, valid)  # (T,), or (B, T) when rows differ in length
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
@@ -301,7 +303,10 @@ class GPT(nn.Module):
             return None, loss
         if not all_logits:
             # each row's last real token: with right-padded rows (valid) that is not the last column
-            x = x[:, [-1], :] if valid is None else x[torch.arange(B, device=x.device), (valid - 1).clamp(min=0)].unsqueeze(1)
+            if valid is None:
+                x = x[:, [-1], :]
+            else:
+                x = x[torch.arange(B, device=x.device), (valid - 1).clamp(min=0)].unsqueeze(1)
         return self.lm_head(x), None
 
     # ---- context length -------------------------------------------------------------------------------

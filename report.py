@@ -34,8 +34,10 @@ SAMPLE_PROMPTS = {
     "Code": "[Code] Return the sum of a and b.\n\ndef add(a, b):\n",
     "Math": "[Math] 1+1=2 2+2=4 3+3=6 4+4=",
     "Logic": "[Logic] Premises: All wugs are daxes. All daxes are feps.\n",
-    "Roleplay": "[Roleplay] <|system|>Enter roleplay mode. You are Ada, a wizard in the Tower of Stars.<|user|>Hello!<|model|>",
-    "Excerpt": "[Excerpt] Ben moved to Oslo in 1990 and worked there as a chef.\nQuestion: Where did Ben move? [Response]",
+    "Roleplay": "[Roleplay] <|system|>Enter roleplay mode. You are Ada, a wizard in the Tower of Stars."
+                "<|user|>Hello!<|model|>",
+    "Excerpt": "[Excerpt] Ben moved to Oslo in 1990 and worked there as a chef.\n"
+               "Question: Where did Ben move? [Response]",
 }
 TAG_COLORS = dict(zip(TAGS, plt.get_cmap("tab10").colors))
 TAG_MARKERS = dict(zip(TAGS, "osD^v<>"))
@@ -226,7 +228,8 @@ def eval_table(run: Run) -> list[str]:
     for name, task in e["tasks"].items():
         for metric, m in task["metrics"].items():
             lo, hi = m["interval"]
-            lines.append(f"| {name} | {task['tag']} | {metric} | {m['value']:.3f} | [{lo:.3f}, {hi:.3f}] | {task['n']} |")
+            lines.append(f"| {name} | {task['tag']} | {metric} | {m['value']:.3f} | [{lo:.3f}, {hi:.3f}] "
+                         f"| {task['n']} |")
     if e.get("loss"):
         lines += ["", "| val loss | loss | perplexity |", "|---|---:|---:|"]
         lines += [f"| {k} | {v['loss']:.3f} | {v['perplexity']:.2f} |" for k, v in e["loss"].items()]
@@ -241,8 +244,10 @@ def settings(run: Run) -> list[str]:
         return [f"No checkpoint in {run.path}.", ""]
     c, args = run.config, run.checkpoint["model_args"]
     # as GPT.get_num_params counts: position table left out, the tied head (the token embedding) counted once
-    n_params = sum(v.numel() for k, v in run.checkpoint["model"].items() if not k.endswith(("wpe.weight", "lm_head.weight")))
+    n_params = sum(v.numel() for k, v in run.checkpoint["model"].items()
+                   if not k.endswith(("wpe.weight", "lm_head.weight")))
     env = run.starts[-1] if run.starts else {}
+    where = f", {env['device']}, {env['cpu_cores']} cores, torch {env['torch']}" if env else ""
     lines = ["| setting | value |", "|---|---|",
              f"| model | {args['n_layer']} layers x {args['n_embd']} wide, {args['n_head']} heads, block "
              f"{args['block_size']}, {n_params / 1e6:.1f}M parameters |",
@@ -254,7 +259,7 @@ def settings(run: Run) -> list[str]:
              f"weight decay {c.get('weight_decay')}, init_from {c.get('init_from')} |",
              f"| precision | {env.get('dtype', c.get('dtype'))} |",
              f"| hardware | {env.get('hardware', 'not recorded (run predates metrics.jsonl)')}"
-             f"{', ' + env['device'] + ', ' + str(env['cpu_cores']) + ' cores, torch ' + env['torch'] if env else ''} |"]
+             f"{where} |"]
     return [line for line in lines if line] + [""]
 
 

@@ -37,7 +37,8 @@ def test_items_seen_in_training_are_skipped():
     task = registry()["math_add_1digit"]
     items, _ = build_items(task, 0, 10)
     # a training split that holds the first two items verbatim, inside other text and at a document start
-    text = f"<|endoftext|>{items[0].prompt} {items[0].expected}\n9 * 9 = 81<|endoftext|>x {items[1].prompt} {items[1].expected}"
+    text = (f"<|endoftext|>{items[0].prompt} {items[0].expected}\n9 * 9 = 81"
+            f"<|endoftext|>x {items[1].prompt} {items[1].expected}")
     seen = TrainingText(np.array(engine.encode(text), dtype=np.uint16))
     kept, skipped = build_items(task, 0, 10, seen.__contains__)
     assert skipped == 2 and [i.prompt for i in kept[:8]] == [i.prompt for i in items[2:]]
@@ -75,7 +76,8 @@ def test_code_is_checked_in_a_limited_subprocess(tmp_path):
     assert code.score(item, "    return None", True) == {"correct": False, "parses": True}
     assert code.score(item, "    return (", True) == {"correct": False, "parses": False}
     marker = tmp_path / "written"
-    for harmful in (f"open({str(marker)!r}, 'w').write('x')", "import socket; socket.create_connection(('1.1.1.1', 80))",
+    for harmful in (f"open({str(marker)!r}, 'w').write('x')",
+                    "import socket; socket.create_connection(('1.1.1.1', 80))",
                     "import os; os.system('true')", "import subprocess; subprocess.run(['true'])"):
         [(status, kind)] = run_function(f"def f():\n    {harmful}\n", "f", [[]])
         assert status == "error" and kind == "PermissionError", harmful
@@ -184,7 +186,8 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """)
-    results = lm_eval.simple_evaluate(model=lm_eval_adapter.NanoPhiLM(tiny_model, batch_size=3), tasks=["nanophi_tiny_mc"],
+    results = lm_eval.simple_evaluate(model=lm_eval_adapter.NanoPhiLM(tiny_model, batch_size=3),
+                                      tasks=["nanophi_tiny_mc"],
                                       task_manager=TaskManager(include_path=str(tmp_path)), bootstrap_iters=0,
                                       log_samples=True)
     # by hand: a full forward of context + " " + choice, summing the choice tokens' log-probs

@@ -12,7 +12,8 @@ NAMES = ["Alma", "Bruno", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo",
          "Milo", "Nadia", "Otto", "Pia"]
 CITIES = ["Tampere", "Cusco", "Hobart", "Tbilisi", "Malmo", "Arequipa", "Gdansk", "Leeds"]
 CONDITIONALS = [("{n} studies", "{n} passes the exam", "{n} did not pass the exam", "{n} did not study"),
-                ("it rains in {c}", "the streets of {c} get wet", "the streets of {c} are dry", "it did not rain in {c}"),
+                ("it rains in {c}", "the streets of {c} get wet", "the streets of {c} are dry",
+                 "it did not rain in {c}"),
                 ("{n} has a ticket", "{n} may board the train", "{n} may not board the train", "{n} has no ticket"),
                 ("{n} waters the plants", "the plants grow", "the plants did not grow", "{n} did not water the plants")]
 ORDERS = [("taller", "shorter", "tallest"), ("older", "younger", "oldest"), ("faster", "slower", "fastest"),
