@@ -13,6 +13,7 @@ all prompts of a task are decoded together, greedy, by engine.generate_batch.
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -137,7 +138,10 @@ def write_json(path: str, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     configure(globals(), argv)
+    # GPT-2 weights (init_from=gpt2...) must not overwrite the default run's eval.json unless asked to
+    keep_json = init_from == "resume" or any(a.startswith("--out_dir=") for a in argv)
     started = time.time()
     engine.use_idle_cores()
     dev = hardware.pick_device(device)
@@ -180,10 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         "loss": {k: {"loss": v, "perplexity": math.exp(v)} for k, v in losses.items()} if losses else None,
         "lm_eval": harness,
     }
-    if init_from == "resume" or os.path.isdir(out_dir):
+    if keep_json:
         os.makedirs(out_dir, exist_ok=True)
         write_json(os.path.join(out_dir, "eval.json"), payload)
         print(f"wrote {os.path.join(out_dir, 'eval.json')}")
+    else:
+        print("eval.json not written: give --out_dir=DIR to keep the results of these weights")
     if run.get("wandb_log"):
         from logger import RunLogger
         logger = RunLogger(True, run.get("wandb_project", "nanophi"), run.get("wandb_run_name", "run") + "-eval", run)

@@ -11,6 +11,8 @@ The harness asks three things of a model, all answered here with our GPT and eng
 - generate_until: greedy continuations through engine.generate_batch, cut at the task's stop strings.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import LM
@@ -99,6 +101,27 @@ class NanoPhiLM(LM):
         return out
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Make datasets and huggingface_hub answer from the local cache at once: unreachable, they retry each
+    request five times with backoff (half a minute of warnings) before the error eval.py reports."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets.config
+    import huggingface_hub.constants
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if hasattr(datasets.config, name):
+            setattr(datasets.config, name, True)
+
+
 def run(model: GPT, tasks: list[str], include: str | None, limit: int | None, batch_size: int) -> dict:
     """Run lm-eval's tasks on model; {task: {metric: value}}. Tasks the harness cannot find or download
     are a UserError of one line."""
@@ -106,6 +129,8 @@ def run(model: GPT, tasks: list[str], include: str | None, limit: int | None, ba
     from lm_eval.tasks import TaskManager
 
     from errors import UserError
+    if not hub_reachable():
+        go_offline()
     manager = TaskManager(include_path=include) if include else TaskManager()
     try:
         results = lm_eval.simple_evaluate(model=NanoPhiLM(model, batch_size), tasks=tasks, task_manager=manager,
