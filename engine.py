@@ -58,10 +58,16 @@ def load_for_inference(init_from: str, out_dir: str, device: str = "auto", dtype
     """The model in eval mode on its device, weights cast to the decoding dtype (or quantized, for
     dtype='int8'), optionally compiled."""
     device = hardware.pick_device(device)
+    model, _ = load_model(init_from, out_dir, device)
+    return for_decoding(model, device, dtype, compile)
+
+
+def for_decoding(model: GPT, device: str, dtype: str = "auto", compile: bool = False) -> GPT:
+    """load_for_inference's second half, for a model already loaded (eval.py also needs its fp32 weights and
+    checkpoint): cast to the decoding dtype, quantize, pack or compile. The model is changed in place."""
     if dtype == "int8" and (compile or not can_quantize(device)):
         raise UserError("dtype=int8 is for CPU decoding without --compile (oneDNN's int8 kernels); "
                         "use auto, bfloat16 or float32 here")
-    model, _ = load_model(init_from, out_dir, device)
     if dtype == "int8":
         embedding = model.transformer.wte.weight
         swap_linears(model.float(), Int8Linear)

@@ -60,10 +60,18 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # filled positions per row
+        self._lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.same_length: int | None = 0  # the common length while all rows have one, else None
         self._step = None  # where this forward's tokens go: set by begin(), read by append() in every layer
         self._valid = None
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Filled positions per row, (B,). Change rows through reset_row and copy_row_from: while all rows are
+        equally long the tensor is only brought up to date when read, so single-prompt decoding pays nothing."""
+        if self.same_length is not None:
+            self._lengths.fill_(self.same_length)
+        return self._lengths
 
     @property
     def pos(self) -> int:
@@ -78,13 +86,14 @@ class KVCache:
             if start + T > self.max_len:
                 raise ValueError(f"cannot cache {start + T} positions, the cache holds {self.max_len}")
             self._step = (start, T)
-            return torch.arange(start, start + T, dtype=torch.long, device=self.lengths.device)
+            return torch.arange(start, start + T, dtype=torch.long, device=self._lengths.device)
         steps = torch.arange(T, device=self.lengths.device)
         if valid is None:
             valid = torch.full_like(self.lengths, T)
         positions = self.lengths.unsqueeze(1) + steps  # (B, T)
-        if int((self.lengths + valid).max()) > self.max_len:
-            raise ValueError(f"cannot cache {int((self.lengths + valid).max())} positions, the cache holds {self.max_len}")
+        needed = int((self.lengths + valid).max())
+        if needed > self.max_len:
+            raise ValueError(f"cannot cache {needed} positions, the cache holds {self.max_len}")
         slots = torch.where(steps < valid.unsqueeze(1), positions, self.max_len)  # padding -> the spare slot
         keys = min(self.max_len, int(self.lengths.max()) + T)  # the columns any real query can reach
         mask = torch.arange(keys, device=steps.device) <= positions.unsqueeze(2)  # (B, T, keys): up to itself
@@ -116,16 +125,15 @@ class KVCache:
         """Advance the lengths past this forward's real tokens."""
         if len(self._step) == 2:
             self.same_length += T
-            self.lengths += T
         else:
-            self.lengths += self._valid
+            self._lengths += self._valid
             self.same_length = None
         self._step = None
 
     def reset_row(self, row: int) -> None:
         """Empty one row (its old keys are simply overwritten as it refills)."""
-        self.lengths[row] = 0
-        self.same_length = 0 if self.lengths.numel() == 1 else None
+        self.lengths[row] = 0  # (reading .lengths first brings it up to date)
+        self.same_length = 0 if self._lengths.numel() == 1 else None
 
     def copy_row_from(self, other: "KVCache", row: int, other_row: int = 0) -> None:
         """Put other's row other_row (e.g. a new prompt prefilled alone in a batch-1 cache) into this row."""
@@ -135,11 +143,11 @@ class KVCache:
         self.k[:, row, :, :n] = other.k[:, other_row, :, :n]
         self.v[:, row, :, :n] = other.v[:, other_row, :, :n]
         self.lengths[row] = n
-        self.same_length = n if self.lengths.numel() == 1 else None
+        self.same_length = n if self._lengths.numel() == 1 else None
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows, in this order (e.g. drop finished ones so that decoding stops paying for them)."""
-        self.k, self.v, self.lengths = self.k[:, rows], self.v[:, rows], self.lengths[rows]
+        self.k, self.v, self._lengths = self.k[:, rows], self.v[:, rows], self.lengths[rows]
 
 
 class CausalSelfAttention(nn.Module):
@@ -271,7 +279,8 @@ class GPT(nn.Module):
             pos = torch.arange(T, dtype=torch.long, device=idx.device)
         else:
             if kv_cache.max_len > self.config.block_size:
-                raise ValueError(f"a cache of {kv_cache.max_len} positions, block size is only {self.config.block_size}")
+                raise ValueError(f"a cache of {kv_cache.max_len} positions, block size is only "
+                                 f"{self.config.block_size}")
             pos = kv_cache.begin(T, valid)  # (T,), or (B, T) when rows differ in length
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for layer, block in enumerate(self.transformer.h):
@@ -300,7 +309,10 @@ class GPT(nn.Module):
             return None, loss.sum() / valid if reduction == "mean" else loss.sum()
         if not all_logits:
             # each row's last real token: with right-padded rows (valid) that is not the last column
-            x = x[:, [-1], :] if valid is None else x[torch.arange(B, device=x.device), (valid - 1).clamp(min=0)].unsqueeze(1)
+            if valid is None:
+                x = x[:, [-1], :]
+            else:
+                x = x[torch.arange(B, device=x.device), (valid - 1).clamp(min=0)].unsqueeze(1)
         return self.lm_head(x), None
 
     # ---- context length -------------------------------------------------------------------------------

@@ -231,7 +231,8 @@ def main() -> None:
         again = "" if peak.datasheet else f", again about every {PEAK_SAMPLE_INTERVAL} s, the best kept"
         print(f"MFU is measured against a peak of {peak.flops / 1e12:.2f} TFLOP/s "
               f"({peak.describe()} on {dev}{again})")
-    logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config)
+    logger = RunLogger(wandb_log and master, wandb_project, wandb_run_name, config,
+                       os.path.join(out_dir, "metrics.jsonl") if master else None, iter_num)
 
     # best.pt: the weights of the best eval, copied to the CPU when it happens (into buffers kept for the run)
     # and written with the next ckpt.pt, so a fast GPU evaluating every few steps does not write each one

@@ -3,6 +3,7 @@
     python -m bench                  # --mode=train: train.py's step vs a plain fp32 eager loop (training.py)
     python -m bench --mode=sample    # decoding: ours vs transformers' generate (decoding.py)
     python -m bench --mode=data      # data/prepare.py's tokens/s vs raw tiktoken (dataprep.py)
+    python -m bench --mode=eval      # eval.py's batched generation vs one prompt at a time (evaluation.py)
     python -m bench --mode=serve     # serve.py: 8 streaming clients vs 1, and vs sample.py (serving.py)
 
 Each prints a table and, last, one JSON line. Speeds are medians of several interleaved runs.
@@ -17,7 +18,8 @@ if __package__ in (None, ""):  # `python bench` (the folder as a script): make t
 
 from errors import UserError, run_main  # noqa: E402
 
-MODES = {"train": "bench.training", "sample": "bench.decoding", "data": "bench.dataprep", "serve": "bench.serving"}
+MODES = {"train": "bench.training", "sample": "bench.decoding", "data": "bench.dataprep", "eval": "bench.evaluation",
+         "serve": "bench.serving"}
 
 
 def main(argv: list[str] | None = None) -> None:

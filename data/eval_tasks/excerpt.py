@@ -1,0 +1,30 @@
+"""[Excerpt] task: a fact stated in a short text (a year, a count, a place), answered after [Response].
+
+Training's excerpts (data/mini_sources.py) use years 1950..2020, 1..6 cats and its NAMES, CITIES and JOBS;
+here years are 1900..1949, counts 7..12 and the names, cities and jobs are others, so the answer must be
+read from the text.
+"""
+
+from data.eval_tasks import Item, Task, first_line
+
+NAMES = ["Alma", "Bruno", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Juno", "Kofi", "Lena"]
+CITIES = ["Tampere", "Cusco", "Hobart", "Tbilisi", "Malmo", "Arequipa", "Gdansk", "Leeds", "Porto", "Accra"]
+JOBS = ["baker", "plumber", "librarian", "dentist", "sailor", "potter", "welder", "florist"]
+
+
+def fact(rng) -> Item:
+    name, city, job = rng.choice(NAMES), rng.choice(CITIES), rng.choice(JOBS)
+    year, pets = rng.randint(1900, 1949), rng.randint(7, 12)
+    text = (f"{name} moved to {city} in {year} and worked there as a {job}. "
+            f"{name} lived with {pets} cats in a small house near the river.")
+    question, answer = rng.choice([(f"Where did {name} move?", city),
+                                   (f"In which year did {name} move to {city}?", str(year)),
+                                   (f"How many cats did {name} have?", str(pets))])
+    return Item(f"[Excerpt] {text}\nQuestion: {question} [Response]", answer)
+
+
+def score(item: Item, output: str, stopped: bool) -> dict[str, bool]:
+    return {"exact": first_line(output).rstrip(".") == item.expected}
+
+
+TASKS = [Task("excerpt_fact", "Excerpt", "a year, count or place stated in the excerpt", fact, score, 8)]
