@@ -76,7 +76,13 @@ class FusedHeadLoss(torch.autograd.Function):
 
 @torch.compiler.disable  # already fused by hand; a compiled model runs it eager, between its graphs
 def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits."""
+    """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits.
+
+    Only the rows whose target counts go through the head: the same mean loss and gradients, and with
+    train.py's loss_on='response' most prompt rows drop out of the step's largest matmuls."""
+    valid = targets != -1
+    if not bool(valid.all()):
+        x, targets = x[valid], targets[valid]
     return FusedHeadLoss.apply(x, weight, targets)
 
 
