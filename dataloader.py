@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from data.index import bin_path, is_complete, load_doc_index, load_meta, load_response_offsets, tag_ids_at
+from data.index import bin_path, is_complete, load_doc_index, load_meta, load_response_offsets, response_path, tag_ids_at
 from errors import UserError
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -39,6 +39,11 @@ def open_dataset(dataset: str, build_missing: bool = True) -> str:
     anything else missing is an error that names the command that builds it."""
     path = dataset_dir(dataset)
     if is_complete(path):
+        if dataset == "mini" and build_missing and not os.path.isfile(response_path(path, "train")):
+            # the default mixture from before prompt/response splits (and its current generators): remade in seconds
+            from data.prepare import prepare_dataset
+            print("data/mini predates prompt/response offsets: rebuilding it (python data/prepare.py --force)")
+            return prepare_dataset("mini", force=True, progress=False)
         return path
     if dataset == "mini" and build_missing:
         from data.prepare import prepare_dataset

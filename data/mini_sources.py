@@ -55,6 +55,7 @@ def mini_documents(seed: int = 1337, scale: float = 1.0, processes: int = 0) -> 
     result does not depend on how many processes made it.
     """
     units = work_units(seed, scale)
+    proper_nouns()  # once here: forked workers inherit the pool instead of each decoding the vocabulary
     processes = processes or os.cpu_count() or 1
     if processes == 1:
         for unit in units:
@@ -201,8 +202,6 @@ def code_doc(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> 
 
 # ----------------------------------------------------------------------------- generators
 
-NAMES = ["Ada", "Ben", "Cleo", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Leo",
-         "Maya", "Nico", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wen", "Yusuf", "Zoe"]
 ITEMS = ["apples", "books", "marbles", "pencils", "stickers", "coins", "shells", "cards", "cookies", "stamps",
          "oranges", "toys", "pens", "rocks", "flowers", "candies", "balls", "cups", "hats", "bottles", "boxes",
          "nails", "bags", "plates", "seeds", "letters", "shirts", "bricks", "spoons", "leaves"]
@@ -249,7 +248,8 @@ def math_drill(rng: random.Random) -> Doc:
             b, q = rng.randint(2, 12), rng.randint(1, 12)
             lines.append(f"{b * q} / {b} = {q}")
         else:
-            a, b = (rng.randint(0, 99), rng.randint(0, 99)) if op != "*" else (rng.randint(0, 12), rng.randint(0, 12))
+            top = rng.choice([99, 99, 999])  # three-digit operands too: their sums are the hard ones
+            a, b = (rng.randint(0, top), rng.randint(0, top)) if op != "*" else (rng.randint(0, 12), rng.randint(0, 12))
             lines.append(f"{a} {op} {b} = {OPS[op](a, b)}")
     return "Math", format_doc("Math", "\n".join(lines))
 
@@ -350,7 +350,8 @@ def logic_syllogism(rng: random.Random) -> Doc:
 
 
 def logic_conditional(rng: random.Random) -> Doc:
-    fill = dict(n=rng.choice(NAMES), c=rng.choice(CITIES))
+    n, c = distinct_nouns(rng, 2)
+    fill = dict(n=n, c=c)
     p, q, not_q, not_p = (x.format(**fill) for x in rng.choice(CONDITIONALS))
     if rng.random() < 0.5:
         premises, conclusion = f"If {p}, then {q}. We know that {p}.", f"Therefore, {q}."
@@ -391,7 +392,7 @@ ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are 
 
 def roleplay(rng: random.Random) -> Doc:
     role, place, trait = rng.choice(CHARACTERS)
-    name, user = rng.sample(NAMES, 2)
+    name, user = distinct_nouns(rng, 2)
     turns = [("Hello!", "Greetings! I am {name}, {role}. Welcome to {place}.")] + rng.sample(ASKS, rng.randint(2, 4))
     fill = dict(name=name, role=role, place=place, trait=trait)
     if rng.random() < 0.5:
@@ -403,7 +404,6 @@ def roleplay(rng: random.Random) -> Doc:
     return "Roleplay", format_doc("Roleplay", text)
 
 
-CITIES = ["Lisbon", "Nairobi", "Oslo", "Lima", "Hanoi", "Quebec", "Dublin", "Seoul", "Cairo", "Perth", "Bergen", "Kyoto"]
 JOBS = ["teacher", "nurse", "carpenter", "chef", "pilot", "gardener", "painter", "engineer", "farmer", "tailor"]
 
 
