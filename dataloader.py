@@ -6,6 +6,11 @@ come from one generator seeded identically on all ranks; each rank takes its own
 depends on the global batch only, not on how it is split over processes, and the generator's state (saved in
 the checkpoint) is all it takes to resume the exact same stream.
 
+With loss_on='response' (train.py) the training targets of prompt tokens are -1 (ignored), so the loss
+falls on responses only, for documents that record a prompt/response split (data/index.py); the others keep
+every token. A response is trained only in windows that also hold its document's start: cut from its
+prompt, a response could only be recalled, not read.
+
 Evaluation uses fixed windows, drawn once from their own seed, so every eval sees the same tokens (losses are
 comparable across evals and eval never disturbs the training stream). Per-tag validation loss comes from
 windows that start at documents of each tag, as a prompt at sampling time would; every target token is
@@ -17,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from data.index import bin_path, is_complete, load_doc_index, load_meta, tag_ids_at
+from data.index import bin_path, is_complete, load_doc_index, load_meta, load_response_offsets, response_path, tag_ids_at
 from errors import UserError
 
 DATA_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -34,6 +39,11 @@ def open_dataset(dataset: str, build_missing: bool = True) -> str:
     anything else missing is an error that names the command that builds it."""
     path = dataset_dir(dataset)
     if is_complete(path):
+        if dataset == "mini" and build_missing and not os.path.isfile(response_path(path, "train")):
+            # the default mixture from before prompt/response splits (and its current generators): remade in seconds
+            from data.prepare import prepare_dataset
+            print("data/mini predates prompt/response offsets: rebuilding it (python data/prepare.py --force)")
+            return prepare_dataset("mini", force=True, progress=False)
         return path
     if dataset == "mini" and build_missing:
         from data.prepare import prepare_dataset
@@ -103,25 +113,57 @@ class TrainSampler:
         self.iterations = int(state["iterations"])
 
 
+LOSS_ON = ("all", "response")
+
+
+class ResponseTargets:
+    """Turns training windows into (x, y) with y = -1 on the targets that loss_on='response' leaves out."""
+
+    def __init__(self, data: TaggedData, split: str = "train"):
+        index = data.index[split]
+        self.starts = np.asarray(index["start"])
+        offsets = np.asarray(load_response_offsets(data.path, split), dtype=np.int64)
+        self.has_split = offsets > 0
+        self.response_at = self.starts + offsets  # absolute position of each document's first trained token
+
+    def __call__(self, w: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.asarray(offsets)[:, None] + np.arange(1, w.shape[1])  # where each target token sits
+        doc = np.searchsorted(self.starts, positions, side="right") - 1
+        whole = self.starts[doc] >= np.asarray(offsets)[:, None]  # the document starts inside the window
+        keep = (positions >= self.response_at[doc]) & (~self.has_split[doc] | whole)
+        return w[:, :-1], np.where(keep, w[:, 1:].astype(np.int64), -1)
+
+
 class TrainBatches:
     """This rank's micro-batches (x, y), iteration by iteration, from a TrainSampler shared by all ranks."""
 
-    def __init__(self, data: TaggedData, sampler: TrainSampler, rank: int, world_size: int, device: str):
+    def __init__(self, data: TaggedData, sampler: TrainSampler, rank: int, world_size: int, device: str,
+                 loss_on: str = "all"):
         self.tokens, self.sampler, self.device = data.tokens["train"], sampler, device
         per_rank = sampler.micro_steps // world_size
         self.rows = slice(rank * per_rank, (rank + 1) * per_rank)
+        if loss_on not in LOSS_ON:
+            raise UserError(f"loss_on={loss_on!r}: use one of {', '.join(LOSS_ON)}")
+        self.targets = ResponseTargets(data) if loss_on == "response" else None
 
     def iteration(self):
         """Yield this rank's micro-batches for one iteration. The next one is copied to the device while the
         current one is in use (asynchronous on CUDA)."""
         offsets = self.sampler.next_iteration()[self.rows]
-        block = self.sampler.block_size
-        nxt = to_device(windows(self.tokens, offsets[0], block), self.device)
+        nxt = self._batch(offsets[0])
         for i in range(len(offsets)):
             cur = nxt
             if i + 1 < len(offsets):
-                nxt = to_device(windows(self.tokens, offsets[i + 1], block), self.device)
-            yield cur[:, :-1], cur[:, 1:]
+                nxt = self._batch(offsets[i + 1])
+            yield cur
+
+    def _batch(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        w = windows(self.tokens, offsets, self.sampler.block_size)
+        if self.targets is None:
+            t = to_device(w, self.device)
+            return t[:, :-1], t[:, 1:]
+        x, y = self.targets(w, offsets)
+        return to_device(x, self.device), to_device(y, self.device)
 
 
 class EvalBatches:

@@ -53,6 +53,7 @@ dataset = "mini"  # a directory under data/ (data/mini is built automatically if
 gradient_accumulation_steps = 1  # micro-steps per iteration, over all processes together
 batch_size = 8  # micro-batch size per process
 block_size = 256
+loss_on = "all"  # all: every token; response: only responses where documents record a prompt/response split
 # model (scratch only; pretrained and resumed models bring their own shape)
 n_layer = 6
 n_head = 6
@@ -224,7 +225,7 @@ def main() -> None:
         model = DDP(model, device_ids=[torch.device(dev).index] if device_type == "cuda" else None)
     ctx = hardware.autocast(dev, dtype_name)
     cpu_kernels = cpu_kernels_pay_off(dev, dtype_name)  # kernels.py's fused head and explicit attention
-    train_batches = TrainBatches(data, sampler, rank, world_size, dev)
+    train_batches = TrainBatches(data, sampler, rank, world_size, dev, loss_on)
     eval_batches = EvalBatches(data, run_block_size, batch_size, eval_iters, dev)
     peak = hardware.PeakFlops(dev, ptdtype)
     if master:

@@ -5,6 +5,9 @@ A dataset dir holds, per split in ("train", "val"):
   <split>_index.npy  one row per document, numpy structured dtype INDEX_DTYPE:
                      start (int64, offset of its first token in <split>.bin), length (int32, its tokens
                      without the end-of-text, which sits at start+length), tag_id (uint8, position in meta["tags"])
+  <split>_response.npy  RESPONSE_DTYPE, one per document in index order: where its response begins, in
+                     tokens from its start (0: no prompt/response split, every token is trained on);
+                     train.py's loss_on='response' reads it (datasets built before it lack the file)
 and meta.json (written last: a dir without it is not a complete dataset) with vocab_size, tokenizer,
 bpe_hash, eot_id, dtype, tags (names, in tag_id order), splits {split: {docs, tokens}},
 per_tag {split: {tag: {docs, tokens}}} (tokens include each document's end-of-text, so they sum to the
@@ -21,6 +24,7 @@ from errors import UserError
 SPLITS = ("train", "val")
 META_NAME = "meta.json"
 INDEX_DTYPE = np.dtype([("start", "<i8"), ("length", "<i4"), ("tag_id", "u1")])
+RESPONSE_DTYPE = np.dtype("<i4")
 
 
 def bin_path(dataset_dir: str, split: str) -> str:
@@ -29,6 +33,10 @@ def bin_path(dataset_dir: str, split: str) -> str:
 
 def index_path(dataset_dir: str, split: str) -> str:
     return os.path.join(dataset_dir, f"{split}_index.npy")
+
+
+def response_path(dataset_dir: str, split: str) -> str:
+    return os.path.join(dataset_dir, f"{split}_response.npy")
 
 
 def is_complete(dataset_dir: str) -> bool:
@@ -50,6 +58,15 @@ def load_doc_index(dataset_dir: str, split: str) -> np.ndarray:
     path = index_path(dataset_dir, split)
     if not os.path.isfile(path):
         raise UserError(f"document index {path} missing: rebuild with `python data/prepare.py --force`")
+    return np.load(path, mmap_mode="r")
+
+
+def load_response_offsets(dataset_dir: str, split: str) -> np.ndarray:
+    """Each document's response offset (see the module docstring); UserError for datasets built without them."""
+    path = response_path(dataset_dir, split)
+    if not os.path.isfile(path):
+        raise UserError(f"{dataset_dir} has no prompt/response offsets ({os.path.basename(path)}), which "
+                        "loss_on='response' needs: rebuild it with `python data/prepare.py --force ...`")
     return np.load(path, mmap_mode="r")
 
 
