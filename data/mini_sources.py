@@ -9,11 +9,7 @@
 - [Excerpt]   a short text and a question about it, answered exactly after [Response]
 
 Generated content is regular and templated on purpose: a small GPT trained for minutes on a CPU can learn
-to follow the tags. What the generated tasks ask for is read from the prompt, not recalled: names and places
-come from thousands of proper nouns of GPT-2's vocabulary and from made-up multi-token names (proper_noun),
-years and counts from wide ranges, and an excerpt or a set of premises is asked two or three questions, so
-copying from the context is the only thing that pays. Arithmetic covers all single-digit sums in the
-layouts prompts use (`3 + 4 = 7`, `3+4=7`), carries, and few-shot patterns from many starts and steps. Everything is deterministic for a seed (and a given Python install); `scale` multiplies
+to follow the tags. Everything is deterministic for a seed (and a given Python install); `scale` multiplies
 the number of generated documents and the share of the stdlib that is read (tests use a tiny scale).
 """
 
@@ -35,11 +31,9 @@ from tags import format_doc, format_excerpt, format_prompt_response, format_qa, 
 Doc = tuple[str, str]
 
 # documents per generator at scale=1.0 (about 5M tokens in all with the stdlib part)
-# (conditionals and roleplays name anyone now, so far fewer are dropped as duplicates: fewer are generated,
-# to keep each tag's share of the tokens about where it was)
-GENERATED = {"math_drill": 10000, "math_single": 6000, "math_fewshot": 12000, "math_word": 12000, "math_expr": 6000,
-             "logic_syllogism": 8000, "logic_conditional": 3000, "logic_order": 4000,
-             "roleplay": 5000, "excerpt": 5000, "code_small": 4000}
+GENERATED = {"math_drill": 12000, "math_fewshot": 12000, "math_word": 12000, "math_expr": 6000,
+             "logic_syllogism": 8000, "logic_conditional": 6000, "logic_order": 10000,
+             "roleplay": 5000, "excerpt": 10000}
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3"}
 MAX_CODE_LINES = 60  # longer functions say little more and crowd out the rest of the mixture
 TOPIC_CHUNK = 3000  # characters per [Textbook] document cut from a long documentation topic
@@ -57,7 +51,6 @@ def mini_documents(seed: int = 1337, scale: float = 1.0, processes: int = 0) -> 
     result does not depend on how many processes made it.
     """
     units = work_units(seed, scale)
-    proper_nouns()  # once here: forked workers inherit the pool instead of each decoding the vocabulary
     processes = processes or os.cpu_count() or 1
     if processes == 1:
         for unit in units:
@@ -91,11 +84,7 @@ def run_unit(unit: tuple) -> list[Doc]:
         return list(stdlib_docs(*args))
     name, seed, start, count = args
     rng = random.Random(f"{seed}-{name}-{start}")  # its own stream: chunks do not depend on each other
-    docs = []
-    for _ in range(count):
-        made = GENERATORS[name](rng)
-        docs.extend(made if isinstance(made, list) else [made])  # a list: several questions on one text
-    return docs
+    return [GENERATORS[name](rng) for _ in range(count)]
 
 
 def describe(scale: float) -> list[str]:
@@ -204,42 +193,10 @@ def code_doc(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> 
 
 # ----------------------------------------------------------------------------- generators
 
-ITEMS = ["apples", "books", "marbles", "pencils", "stickers", "coins", "shells", "cards", "cookies", "stamps",
-         "oranges", "toys", "pens", "rocks", "flowers", "candies", "balls", "cups", "hats", "bottles", "boxes",
-         "nails", "bags", "plates", "seeds", "letters", "shirts", "bricks", "spoons", "leaves"]
+NAMES = ["Ada", "Ben", "Cleo", "Dev", "Emma", "Farid", "Grace", "Hugo", "Iris", "Jonas", "Kira", "Leo",
+         "Maya", "Nico", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wen", "Yusuf", "Zoe"]
+ITEMS = ["apples", "books", "marbles", "pencils", "stickers", "coins", "shells", "cards", "cookies", "stamps"]
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "tor", "sa", "bel", "dun", "ri", "zo", "qua", "fen", "ul", "mar",
-             "ith", "po", "gra", "nel", "vy", "shi", "kor", "ta", "bri", "eth", "om", "dal", "xu", "pe", "rin"]
-_PROPER_NOUNS: list[str] = []
-
-
-def proper_nouns() -> list[str]:
-    """Capitalized single-token words of GPT-2's vocabulary that are not ordinary words (about 3,600 names,
-    places and brands): a pool too wide to memorise facts about, so a task that names them teaches copying."""
-    if not _PROPER_NOUNS:
-        from tokenizer import get_encoding
-        enc = get_encoding()
-        vocab = {enc.decode([i]) for i in range(enc.n_vocab)}
-        _PROPER_NOUNS.extend(sorted(w[1:] for w in vocab if len(w) >= 4 and w[0] == " " and w[1:].isalpha()
-                                    and w[1].isupper() and w[2:].islower() and len(w) <= 10
-                                    and " " + w[1:].lower() not in vocab and w[1:].lower() not in vocab))
-    return _PROPER_NOUNS
-
-
-def proper_noun(rng: random.Random) -> str:
-    """A name or place: a single-token proper noun, or (2 in 5) a made-up one of several tokens."""
-    if rng.random() < 0.4:
-        return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
-    return rng.choice(proper_nouns())
-
-
-def distinct_nouns(rng: random.Random, k: int) -> list[str]:
-    out: list[str] = []
-    while len(out) < k:
-        n = proper_noun(rng)
-        if n not in out:
-            out.append(n)
-    return out
 
 
 def math_drill(rng: random.Random) -> Doc:
@@ -250,32 +207,15 @@ def math_drill(rng: random.Random) -> Doc:
             b, q = rng.randint(2, 12), rng.randint(1, 12)
             lines.append(f"{b * q} / {b} = {q}")
         else:
-            top = rng.choice([99, 99, 999])  # three-digit operands too: their sums are the hard ones
-            a, b = (rng.randint(0, top), rng.randint(0, top)) if op != "*" else (rng.randint(0, 12), rng.randint(0, 12))
+            a, b = (rng.randint(0, 99), rng.randint(0, 99)) if op != "*" else (rng.randint(0, 12), rng.randint(0, 12))
             lines.append(f"{a} {op} {b} = {OPS[op](a, b)}")
     return "Math", format_doc("Math", "\n".join(lines))
 
 
-def math_single(rng: random.Random) -> Doc:
-    """Single-digit sums (each of the 100 about 500 times at scale 1), some with two-digit carries, in the
-    spaced and the compact layouts, one per line or on one line."""
-    spaced, sep = rng.random() < 0.5, rng.choice(["\n", " "])
-    lines = []
-    for _ in range(rng.randint(5, 10)):
-        a, b = (rng.randint(0, 9), rng.randint(0, 9)) if rng.random() < 0.8 else (rng.randint(10, 99), rng.randint(0, 9))
-        if rng.random() < 0.5:
-            a, b = b, a
-        lines.append(f"{a} + {b} = {a + b}" if spaced else f"{a}+{b}={a + b}")
-    return "Math", format_doc("Math", sep.join(lines))
-
-
 def math_fewshot(rng: random.Random) -> Doc:
-    k = rng.choice([1, 1, rng.randint(1, 20), rng.randint(1, 99), rng.randint(1, 400)])
-    n, c = rng.randint(4, 10), rng.choice([rng.randint(1, 12), rng.randint(1, 60)])
-    kind = rng.randrange(6)
-    if kind == 5:
-        terms = [f"{i}+1={i + 1}" for i in range(k, k + n)]
-    elif kind == 0:
+    k, n, c = rng.randint(1, 60), rng.randint(6, 12), rng.randint(1, 20)
+    kind = rng.randrange(5)
+    if kind == 0:
         terms = [f"{i}+{i}={2 * i}" for i in range(k, k + n)]
     elif kind == 1:
         terms = [f"{c}*{i}={c * i}" for i in range(1, n + 1)]
@@ -289,10 +229,8 @@ def math_fewshot(rng: random.Random) -> Doc:
 
 
 def math_word(rng: random.Random) -> Doc:
-    name, item = proper_noun(rng), rng.choice(ITEMS)
-    small = rng.random() < 0.5  # half with single-digit numbers: the sum is a fact to recall, the rest is copying
-    a, b, c = (rng.randint(1, 9), rng.randint(1, 9), rng.randint(2, 9)) if small else \
-        (rng.randint(2, 99), rng.randint(2, 80), rng.randint(2, 19))
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b, c = rng.randint(2, 60), rng.randint(2, 40), rng.randint(2, 9)
     kind = rng.randrange(5)
     if kind == 0:
         q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
@@ -308,7 +246,7 @@ def math_word(rng: random.Random) -> Doc:
         q = f"{name} shares {c * b} {item} equally among {c} friends. How many {item} does each friend get?"
         ans = f"{c * b} / {c} = {b}. The answer is {b}."
     else:
-        d = rng.randint(1, a + b - 1)
+        d = rng.randint(1, a + b)
         q = f"{name} has {a} {item}, buys {b} more and then gives {d} to a friend. How many {item} are left?"
         ans = f"{a} + {b} = {a + b}, and {a + b} - {d} = {a + b - d}. The answer is {a + b - d}."
     return "Math", format_prompt_response("Math", f"Question: {q}", f"Answer: {ans}")
@@ -332,9 +270,8 @@ CONDITIONALS = [("{n} studies", "{n} passes the exam", "{n} did not pass the exa
                 ("{n} waters the plants", "the plants grow", "the plants did not grow", "{n} did not water the plants"),
                 ("the {c} museum is open", "{n} visits it", "{n} did not visit it", "the {c} museum is closed"),
                 ("{n} has a ticket", "{n} may board the train", "{n} may not board the train", "{n} has no ticket")]
-ORDERS = [("taller", "shorter", "tallest", "shortest"), ("older", "younger", "oldest", "youngest"),
-          ("faster", "slower", "fastest", "slowest"), ("heavier", "lighter", "heaviest", "lightest"),
-          ("stronger", "weaker", "strongest", "weakest"), ("richer", "poorer", "richest", "poorest")]
+ORDERS = [("taller", "shorter", "tallest"), ("older", "younger", "oldest"), ("faster", "slower", "fastest"),
+          ("heavier", "lighter", "heaviest")]
 
 
 def logic_syllogism(rng: random.Random) -> Doc:
@@ -352,8 +289,7 @@ def logic_syllogism(rng: random.Random) -> Doc:
 
 
 def logic_conditional(rng: random.Random) -> Doc:
-    n, c = distinct_nouns(rng, 2)
-    fill = dict(n=n, c=c)
+    fill = dict(n=rng.choice(NAMES), c=rng.choice(CITIES))
     p, q, not_q, not_p = (x.format(**fill) for x in rng.choice(CONDITIONALS))
     if rng.random() < 0.5:
         premises, conclusion = f"If {p}, then {q}. We know that {p}.", f"Therefore, {q}."
@@ -362,22 +298,21 @@ def logic_conditional(rng: random.Random) -> Doc:
     return "Logic", format_prompt_response("Logic", f"Premises: {premises}", f"Conclusion: {conclusion}")
 
 
-def logic_order(rng: random.Random) -> list[Doc]:
-    """Premises ordering 2 to 5 people (names never repeated across the mixture), then two or three
-    questions on them, each its own document: who is the most, who the least, or is X more than Y."""
-    more, less, most, least = rng.choice(ORDERS)
-    people = distinct_nouns(rng, rng.choice([2, 3, 3, 3, 4, 4, 5]))  # people[0] is the most, people[-1] the least
+def logic_order(rng: random.Random) -> Doc:
+    more, less, most = rng.choice(ORDERS)
+    people = rng.sample(NAMES, rng.randint(3, 5))  # people[0] is the most, people[-1] the least
     facts = [f"{x} is {more} than {y}." if rng.random() < 0.5 else f"{y} is {less} than {x}."
              for x, y in zip(people, people[1:])]
     rng.shuffle(facts)
-    asks = [(f"Who is the {most}?", f"{people[0]} is the {most}."), (f"Who is the {least}?", f"{people[-1]} is the {least}.")]
-    i, j = rng.sample(range(len(people)), 2)
-    yes = i < j
-    asks.append((f"Is {people[i]} {more} than {people[j]}?",
-                 f"{'Yes' if yes else 'No'}, {people[i]} is {more if yes else less} than {people[j]}."))
-    picked = asks[:2] + ([asks[2]] if rng.random() < 0.5 else [])
-    return [("Logic", format_prompt_response("Logic", f"Premises: {' '.join(facts)}\nQuestion: {q}", f"Conclusion: {a}"))
-            for q, a in picked]
+    if rng.random() < 0.5:
+        question, answer = f"Who is the {most}?", f"{people[0]} is the {most}."
+    else:
+        i, j = rng.sample(range(len(people)), 2)
+        yes = i < j
+        question = f"Is {people[i]} {more} than {people[j]}?"
+        answer = f"{'Yes' if yes else 'No'}, {people[i]} is {more if yes else less} than {people[j]}."
+    return "Logic", format_prompt_response("Logic", f"Premises: {' '.join(facts)}\nQuestion: {question}",
+                                           f"Conclusion: {answer}")
 
 
 CHARACTERS = [("a wizard", "the Tower of Stars", "wise and patient"), ("a pirate captain", "the ship Sea Fox", "loud and cheerful"),
@@ -394,7 +329,7 @@ ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are 
 
 def roleplay(rng: random.Random) -> Doc:
     role, place, trait = rng.choice(CHARACTERS)
-    name, user = distinct_nouns(rng, 2)
+    name, user = rng.sample(NAMES, 2)
     turns = [("Hello!", "Greetings! I am {name}, {role}. Welcome to {place}.")] + rng.sample(ASKS, rng.randint(2, 4))
     fill = dict(name=name, role=role, place=place, trait=trait)
     if rng.random() < 0.5:
@@ -406,79 +341,22 @@ def roleplay(rng: random.Random) -> Doc:
     return "Roleplay", format_doc("Roleplay", text)
 
 
+CITIES = ["Lisbon", "Nairobi", "Oslo", "Lima", "Hanoi", "Quebec", "Dublin", "Seoul", "Cairo", "Perth", "Bergen", "Kyoto"]
 JOBS = ["teacher", "nurse", "carpenter", "chef", "pilot", "gardener", "painter", "engineer", "farmer", "tailor"]
 
 
-PETS = ["cats", "dogs", "birds", "goats", "horses", "rabbits", "fish", "hens"]
-EXCERPTS = [  # (text, [(question, answer key)]): every answer is a span of the text
-    ("{name} moved to {city} in {year} and worked there as a {job}. {name} lived with {n} {pets} in a small house "
-     "near the river.", [("Where did {name} move?", "city"), ("In which year did {name} move to {city}?", "year"),
-                         ("What was {name}'s job?", "a job"), ("How many {pets} did {name} have?", "n"),
-                         ("Who is this text about?", "name")]),
-    ("In {year}, {name} opened a small shop in {city}. By the end of the first year the shop had {n} workers.",
-     [("When did {name} open the shop?", "year"), ("In which year did {name} open the shop?", "year"),
-      ("Where did {name} open a shop?", "city"), ("How many workers did the shop have?", "n")]),
-    ("{name} was born in {city} in {year}. As a child {name} kept {n} {pets} and later became a {job}.",
-     [("In which year was {name} born?", "year"), ("Where was {name} born?", "city"),
-      ("How many {pets} did {name} keep?", "n"), ("What did {name} become?", "a job")]),
-    ("The town of {city} built {n} new bridges in {year}. The {job} who planned them was {name}.",
-     [("How many bridges did {city} build?", "n"), ("In which year were the bridges built?", "year"),
-      ("Who planned the bridges?", "name"), ("Which town built the bridges?", "city")]),
-    ("{name}, a {job} from {city}, wrote {n} books. The first one came out in {year}.",
-     [("How many books did {name} write?", "n"), ("In which year did the first book come out?", "year"),
-      ("Where is {name} from?", "city"), ("Who wrote the books?", "name")]),
-]
-
-
-def excerpt(rng: random.Random) -> list[Doc]:
-    """A short text with a name, a place, a year and a count, asked two or three questions about it (each its
-    own document), answered with the span itself after [Response]."""
-    name, city = distinct_nouns(rng, 2)
-    job, pets = rng.choice(JOBS), rng.choice(PETS)
-    year, n = rng.randint(1000, 2099), rng.choice([rng.randint(2, 12), rng.randint(2, 99)])
-    fill = dict(name=name, city=city, job=job, pets=pets, year=year, n=n)
-    answers = {"city": city, "year": str(year), "a job": f"a {job}", "n": str(n), "name": name}
-    template, questions = rng.choice(EXCERPTS)
-    text = template.format(**fill)
-    return [("Excerpt", format_excerpt(f"{text}\nQuestion: {q.format(**fill)}", answers[key]))
-            for q, key in rng.sample(questions, rng.randint(2, 3))]
-
-
-CODE_FUNCS = [  # (docstring, argument names, body lines): {k} a constant, {f} the function's name
-    ("Return {a} plus {k}.", "{a}", ["return {a} + {k}"]),
-    ("Return {a} times {k}.", "{a}", ["return {a} * {k}"]),
-    ("Return the sum of {a} and {b}.", "{a}, {b}", ["return {a} + {b}"]),
-    ("Return the larger of {a} and {b}.", "{a}, {b}", ["if {a} > {b}:", "    return {a}", "return {b}"]),
-    ("Return True if {a} is greater than {k}.", "{a}", ["return {a} > {k}"]),
-    ("Return True if {a} is even.", "{a}", ["return {a} % 2 == 0"]),
-    ("Return the list {a} with every item multiplied by {k}.", "{a}", ["return [x * {k} for x in {a}]"]),
-    ("Return the total of the numbers in {a}.", "{a}", ["total = 0", "for x in {a}:", "    total += x", "return total"]),
-    ("Return how many items of {a} are larger than {k}.", "{a}", ["count = 0", "for x in {a}:", "    if x > {k}:",
-                                                                  "        count += 1", "return count"]),
-    ("Return the string {a} in upper case.", "{a}", ["return {a}.upper()"]),
-    ("Return the first {k} characters of the string {a}.", "{a}", ["return {a}[:{k}]"]),
-    ("Return the last item of the list {a}, or None if it is empty.", "{a}", ["if not {a}:", "    return None",
-                                                                             "return {a}[-1]"]),
-    ("Return {a} squared minus {k}.", "{a}", ["return {a} * {a} - {k}"]),
-    ("Return a list of the numbers from 0 to {a}, not including {a}.", "{a}", ["return list(range({a}))"]),
-    ("Return the string {a} followed by {b}.", "{a}, {b}", ["return {a} + {b}"]),
-    ("Return {a} if it is positive, else 0.", "{a}", ["if {a} > 0:", "    return {a}", "return 0"]),
-]
-ARG_NAMES = ["x", "y", "n", "m", "a", "b", "value", "items", "text", "count", "s", "data", "left", "right"]
-VERBS = ["get", "compute", "make", "find", "calc", "to", "do", "apply", "take", "build"]
-
-
-def code_small(rng: random.Random) -> Doc:
-    """A short function from its docstring, named after what it does: [Code] DOCSTRING, a blank line, CODE."""
-    doc, args, body = rng.choice(CODE_FUNCS)
-    a, b = rng.sample(ARG_NAMES, 2)
-    k = rng.randint(1, 99)
-    fill = dict(a=a, b=b, k=k)
-    name = f"{rng.choice(VERBS)}_{rng.choice(['value', 'result', 'total', 'it', 'thing', 'answer'])}_{k}"
-    code = f"def {name}({args.format(**fill)}):\n" + "\n".join("    " + line.format(**fill) for line in body)
-    return "Code", format_doc("Code", f"{doc.format(**fill)}\n\n{code}")
+def excerpt(rng: random.Random) -> Doc:
+    name, city, job = rng.choice(NAMES), rng.choice(CITIES), rng.choice(JOBS)
+    year, pets = rng.randint(1950, 2020), rng.randint(1, 6)
+    text = (f"{name} moved to {city} in {year} and worked there as a {job}. "
+            f"{name} lived with {pets} {'cat' if pets == 1 else 'cats'} in a small house near the river.")
+    question, answer = rng.choice([(f"Where did {name} move?", city), (f"In which year did {name} move to {city}?", str(year)),
+                                   (f"What was {name}'s job?", f"a {job}"), (f"How many cats did {name} have?", str(pets)),
+                                   ("Who is this text about?", name),
+                                   ("How many words are in the first sentence?", str(len(text.split(". ")[0].split())))])
+    return "Excerpt", format_excerpt(f"{text}\nQuestion: {question}", answer)
 
 
 GENERATORS = {"math_drill": math_drill, "math_fewshot": math_fewshot, "math_word": math_word, "math_expr": math_expr,
               "logic_syllogism": logic_syllogism, "logic_conditional": logic_conditional, "logic_order": logic_order,
-              "roleplay": roleplay, "excerpt": excerpt, "math_single": math_single, "code_small": code_small}
+              "roleplay": roleplay, "excerpt": excerpt}

@@ -1,7 +1,6 @@
-"""Issue 15's machinery: prompt/response splits recorded by data/prepare.py, loss_on='response' targets,
-the LM head on trained rows only, and the mini generators whose answers must be read from the prompt."""
+"""Completion-only training: prompt/response splits recorded by data/prepare.py, loss_on='response' targets,
+and the LM head run on trained rows only."""
 
-import ast
 import random
 import re
 
@@ -133,44 +132,3 @@ def generated(name: str, n: int = 60) -> list[str]:
         made = mini_sources.GENERATORS[name](rng)
         out += [text for _, text in (made if isinstance(made, list) else [made])]
     return out
-
-
-def test_excerpt_answers_are_spans_of_their_text_and_texts_get_several_questions():
-    docs = generated("excerpt")
-    assert len(docs) >= 2 * 60
-    for doc in docs:
-        prompt, answer = doc[:response_start(doc)], doc[response_start(doc):].strip()
-        text = prompt.split("\nQuestion:")[0]
-        assert answer.removeprefix("a ") in text, doc
-
-
-def test_order_answers_follow_from_the_premises():
-    for doc in generated("logic_order"):
-        premises = re.findall(r"(\S+) is (\w+) than (\S+?)\.", doc.split("\nQuestion:")[0])
-        above = {}
-        for x, rel, y in premises:
-            hi, lo = (x, y) if rel in {o[0] for o in mini_sources.ORDERS} else (y, x)
-            above.setdefault(lo, set()).add(hi)
-        people = {p for x, _, y in premises for p in (x, y)}
-        top = [p for p in people if p not in above]
-        bottom = [p for p in people if all(p not in v for v in above.values())]
-        m = re.search(r"Conclusion: (\S+) is the (\w+)\.$", doc)
-        if m:
-            most = {o[2] for o in mini_sources.ORDERS}
-            assert [m.group(1)] == (top if m.group(2) in most else bottom), doc
-
-
-def test_single_digit_sums_are_right_and_all_hundred_occur():
-    seen = set()
-    for doc in generated("math_single", 400):
-        for a, b, c in re.findall(r"(\d+) ?\+ ?(\d+) ?= ?(\d+)", doc):
-            assert int(a) + int(b) == int(c)
-            if int(a) < 10 and int(b) < 10:
-                seen.add((int(a), int(b)))
-    assert len(seen) == 100
-
-
-def test_small_code_functions_parse():
-    for doc in generated("code_small"):
-        code = doc.split("\n\n", 1)[1]
-        assert isinstance(ast.parse(code).body[0], ast.FunctionDef), doc
