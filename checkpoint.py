@@ -58,23 +58,47 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict) -> GPT:
+def model_from_checkpoint(checkpoint: dict, merged: bool = True) -> GPT:
     """Build the GPT described by checkpoint['model_args'] and load its weights."""
+    if "lora" in checkpoint:  # a LoRA run's: its base + adapters (lora.py), merged unless training resumes
+        import lora
+        return lora.model_from_checkpoint(checkpoint, merged=merged)
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     state = {k.removeprefix(COMPILED_PREFIX): v for k, v in checkpoint["model"].items()}
     model.load_state_dict(state)
     return model
 
 
+def run_checkpoint(init_from: str) -> str | None:
+    """The checkpoint file init_from names when it is another run's out_dir or checkpoint file, else None."""
+    if os.path.isfile(init_from):
+        return init_from
+    if os.path.isfile(checkpoint_path(init_from)):
+        return checkpoint_path(init_from)
+    return None
+
+
+def model_from_init(init_from: str, override_args: dict | None = None) -> GPT:
+    """The weights init_from names, other than 'scratch'/'resume': a run's out_dir or checkpoint file (a LoRA
+    run's merged), or a GPT-2 name / transformers directory. override_args may set dropout."""
+    path = run_checkpoint(init_from)
+    if path is None:
+        return GPT.from_pretrained(init_from, override_args)
+    checkpoint = load_checkpoint(path)
+    checkpoint["model_args"].update(override_args or {})  # before the model is built: its dropout layers take it
+    return model_from_checkpoint(checkpoint)
+
+
 def load_model(init_from: str, out_dir: str, device: str | torch.device = "cpu") -> tuple[GPT, dict | None]:
     """The model to sample from or export, in eval mode on device, and its checkpoint if it came from one.
 
-    init_from: 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', or a local transformers directory.
+    init_from: 'resume' (out_dir/ckpt.pt), 'gpt2' ... 'gpt2-xl', a local transformers directory, or another
+    run's out_dir / checkpoint file.
     """
     if init_from == "resume":
         checkpoint = load_checkpoint(checkpoint_path(out_dir), map_location="cpu")
         model = model_from_checkpoint(checkpoint)
     else:
         checkpoint = None
-        model = GPT.from_pretrained(init_from)
+        model = model_from_init(init_from)
     return model.to(device).eval(), checkpoint

@@ -23,7 +23,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hardware
-from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, save_checkpoint
+import lora
+import memory
+import optimizers
+from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint, model_from_init, save_checkpoint
 from configurator import configure
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError, run_main
@@ -38,7 +41,7 @@ eval_interval = 250
 log_interval = 10
 eval_iters = 20  # batches per eval set (train, val, per-tag val)
 always_save_checkpoint = True  # False: save only when val loss reaches a new best
-init_from = "scratch"  # scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local transformers dir
+init_from = "scratch"  # scratch, resume, gpt2 ... gpt2-xl, a local transformers dir, or another run's out_dir/ckpt file
 # wandb logging
 wandb_log = False
 wandb_project = "nanophi"
@@ -55,7 +58,13 @@ n_embd = 384
 dropout = 0.0
 bias = True
 gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower
+# LoRA (lora.py): train low-rank adapters on a frozen base instead of every weight
+lora_rank = 0  # 0: full fine-tune; e.g. 16: LoRA adapters of rank 16
+lora_alpha = 32.0  # adapter scale alpha / rank
+lora_dropout = 0.0
+lora_targets = "c_attn,c_proj,c_fc"  # module names: attention qkv and output, MLP in and out
 # AdamW
+optimizer = "adamw"  # adamw, or adamw8bit (bitsandbytes, CUDA only): 2 instead of 8 bytes of state per weight
 learning_rate = 1e-3
 max_iters = 2000
 weight_decay = 0.1
@@ -94,17 +103,17 @@ def get_lr(it: int) -> float:
 def init_model(data: TaggedData, checkpoint: dict | None) -> GPT:
     """The model init_from asks for, at block_size positions (resumed runs keep their checkpoint's shape)."""
     if init_from == "resume":
-        return model_from_checkpoint(checkpoint)
+        return model_from_checkpoint(checkpoint, merged=False)  # a LoRA run's keeps its adapters live
     if init_from == "scratch":
         vocab_size = math.ceil(data.vocab_size / 64) * 64  # padded: multiples of 64 run faster
         if n_embd % n_head:
             raise UserError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
         return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                              n_embd=n_embd, dropout=dropout, bias=bias))
-    if init_from not in GPT2_SIZES and not os.path.isdir(init_from):
+    if init_from not in GPT2_SIZES and not os.path.exists(init_from):
         raise UserError(f"unknown init_from '{init_from}': use scratch, resume, {', '.join(GPT2_SIZES)}, "
-                        "or a local transformers GPT-2 directory")
-    model = GPT.from_pretrained(init_from, dict(dropout=dropout))
+                        "a local transformers GPT-2 directory, or another run's out_dir or checkpoint file")
+    model = model_from_init(init_from, dict(dropout=dropout))  # a run's weights: fresh optimizer and schedule
     if model.config.vocab_size < data.vocab_size:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
     model.set_block_size(block_size)  # extend (position interpolation) or crop the checkpoint's positions
@@ -152,6 +161,8 @@ def main() -> None:
     if ddp and local_rank == 0:
         dist.barrier()
     model = init_model(data, checkpoint)
+    lora_settings = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
+    model, lora_info = lora.prepare(model, init_from, checkpoint, lora_settings, ptdtype)  # None: full fine-tune
     model.gradient_checkpointing = gradient_checkpointing
     model.to(dev)
     raw_model = model  # the plain module: for eval, checkpoints and MFU
@@ -163,8 +174,15 @@ def main() -> None:
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
+        if lora_info:
+            print(lora.describe(raw_model, lora_info))
+    plan = memory.plan_for(raw_model, batch_size, run_block_size, micro_steps, config["optimizer"], lora_info,
+                           gradient_checkpointing, dtype_name, dev)
+    if master:
+        print(plan.describe())
 
-    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer = optimizers.build(raw_model, config["optimizer"], weight_decay, learning_rate, (beta1, beta2),
+                                 device_type)
     scaler = hardware.grad_scaler(dev, dtype_name)
     sampler = TrainSampler(len(data.tokens["train"]), run_block_size, batch_size, gradient_accumulation_steps, seed)
     iter_num, best_val_loss = 0, float("inf")
@@ -229,6 +247,7 @@ def main() -> None:
         if master:
             save_checkpoint({
                 "model": raw_model.state_dict(), "model_args": dict(vars(raw_model.config)),
+                **(lora.checkpoint_entries(raw_model, lora_info) if lora_info else {}),  # adapters, not the base
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
                 "rng": rng, "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config,
             }, checkpoint_path(out_dir))
@@ -262,7 +281,7 @@ def main() -> None:
         print(" | ".join(["iter".rjust(6), "train".rjust(7), "val".rjust(7)] + [t.rjust(8) for t in data.tags]))
     stop = torch.zeros(3, device=dev)  # (this iteration's mean loss, stop requested, grad norm): reduced over ranks
     t0 = time.time()
-    with hardware.explain_out_of_memory(batch_size, run_block_size):
+    with hardware.explain_out_of_memory(batch_size, run_block_size, plan.advice()):
         while True:
             if iter_num % eval_interval == 0 or iter_num >= max_iters:
                 losses = evaluate()
