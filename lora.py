@@ -20,6 +20,7 @@ base whose hash differs (retrained, re-exported or another model under the same 
 import hashlib
 import logging
 import os
+import warnings
 
 import torch
 
@@ -187,3 +188,42 @@ def describe(model: GPT, info: dict) -> str:
     s, base = info["settings"], info["base"]
     return (f"LoRA r={s['rank']} alpha={s['alpha']} on {','.join(s['targets'])}: {trainable:,} trainable "
             f"of {total:,} parameters; base {base['name']} (sha256 {base['sha256'][:12]}...)")
+
+
+# ---- export ---------------------------------------------------------------------------------------------
+
+def export_adapters(checkpoint: dict, directory: str) -> None:
+    """Write a LoRA checkpoint's adapters as a peft adapter directory (adapter_config.json +
+    adapter_model.safetensors) for transformers' GPT2LMHeadModel of the same base:
+
+        PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(base), directory)
+
+    Our module names are GPT-2's, and peft's adapters on transformers' Conv1D layers have nn.Linear's
+    shapes, so the weights go over as they are; peft's own save_pretrained writes the directory."""
+    import shutil
+    from peft import get_peft_model, set_peft_model_state_dict
+    from export import transformers_model
+    if not is_lora_checkpoint(checkpoint):
+        raise UserError("--adapters_only needs a LoRA run's checkpoint (trained with --lora_rank > 0); "
+                        "this one is a full fine-tune: export it without --adapters_only")
+    info = checkpoint["lora"]
+    s = info["settings"]
+    base = load_base(info["base"], checkpoint["model_args"]["block_size"])
+    config = lora_config(s["rank"], s["alpha"], s["dropout"], s["targets"])
+    config.fan_in_fan_out = True  # transformers' GPT-2 stores its weights as Conv1D (in, out)
+    hf_model = transformers_model(base)
+    hf_model.name_or_path = info["base"]["path"]  # peft records this as base_model_name_or_path
+    tmp = f"{directory.rstrip(os.sep)}.tmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' deprecation notice, a name peft still reads
+        # a NanoPhi base is no transformers directory, so peft cannot look for a resized vocabulary: none is
+        warnings.filterwarnings("ignore", message="Could not find a config file")
+        peft_model = get_peft_model(hf_model, config)
+        state = {f"base_model.model.{k}": v for k, v in checkpoint["model"].items()}
+        result = set_peft_model_state_dict(peft_model, state)
+        if result.unexpected_keys:
+            raise UserError(f"cannot export: transformers' GPT-2 has no layer for {list(result.unexpected_keys)[:2]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        peft_model.save_pretrained(tmp)
+    shutil.rmtree(directory, ignore_errors=True)  # replaced whole: no stale files from an earlier export
+    os.replace(tmp, directory)
