@@ -3,6 +3,7 @@
     python -m bench                  # --mode=train: train.py's step vs a plain fp32 eager loop (training.py)
     python -m bench --mode=sample    # decoding: ours vs transformers' generate (decoding.py)
     python -m bench --mode=data      # data/prepare.py's tokens/s vs raw tiktoken (dataprep.py)
+    python -m bench --mode=memory    # the memory planner's table, checked against measured peaks (memory.py)
 
 Each prints a table and, last, one JSON line. Speeds are medians of several interleaved runs.
 """
@@ -16,7 +17,7 @@ if __package__ in (None, ""):  # `python bench` (the folder as a script): make t
 
 from errors import UserError, run_main  # noqa: E402
 
-MODES = {"train": "bench.training", "sample": "bench.decoding", "data": "bench.dataprep"}
+MODES = {"train": "bench.training", "sample": "bench.decoding", "data": "bench.dataprep", "memory": "bench.memory"}
 
 
 def main(argv: list[str] | None = None) -> None:
