@@ -17,10 +17,20 @@ import memory
 import optimizers
 from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from conftest import save_tiny_transformers_gpt2
-from fixtures_inference import run_script
+from fixtures_inference import run_script as _run_script
 from errors import UserError
 from model import GPT, GPTConfig
-from test_train import iteration_losses, run_train, tiny_data  # noqa: F401
+from test_train import iteration_losses, run_train as _run_train, tiny_data  # noqa: F401
+
+SLOW_START = 600  # seconds: a fresh Python importing peft (and bitsandbytes) can take minutes on a busy machine
+
+
+def run_train(*args, **kwargs):
+    return _run_train(*args, timeout=SLOW_START, **kwargs)
+
+
+def run_script(*args):
+    return _run_script(*args, timeout=SLOW_START)
 
 BASE = dict(n_positions=32, initializer_range=0.3)
 LORA = ["--lora_rank=4", "--lora_alpha=8", "--learning_rate=1e-2", "--min_lr=1e-3", "--eval_interval=4"]
