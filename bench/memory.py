@@ -35,6 +35,7 @@ block_size = 256
 batch_size = 2
 gradient_accumulation_steps = 2  # micro-steps per optimizer step, as fine-tunes run (gradients held between)
 lora_rank = 16
+setups = "full,lora"  # which to measure (the ratios need both)
 steps = 4  # optimizer steps per run; the first is warm-up and not timed
 repeats = 3
 device = "auto"
@@ -87,6 +88,7 @@ def run_worker(spec: dict) -> dict:
         hardware.keep_freed_memory_on_cpu()
         hardware.set_cpu_threads(1)
     torch.manual_seed(0)
+    import peft  # noqa: F401  (imported by both kinds before the baseline: its libraries are not training memory)
     baseline = rss_bytes("VmRSS")
     shape = GPT2_SIZES[spec["shape"]]
     model = GPT(GPTConfig(block_size=spec["block_size"], vocab_size=memory.GPT2_VOCAB, **shape))
@@ -142,10 +144,11 @@ def measure_all() -> list[dict]:
     unknown = [n for n in names if n not in GPT2_SIZES]
     if unknown:
         raise UserError(f"--shapes: {unknown} are not GPT-2 sizes ({', '.join(GPT2_SIZES)})")
+    ranks = [r for kind, r in (("full", 0), ("lora", lora_rank)) if kind in setups.split(",")]
     runs: dict[tuple, list[dict]] = {}
     for _ in range(repeats):  # interleaved, so a busy spell on a shared machine hits both kinds alike
         for name in names:
-            for rank in (0, lora_rank):
+            for rank in ranks:
                 spec = dict(shape=name, lora_rank=rank, block_size=block_size, batch_size=batch_size,
                             accumulation=gradient_accumulation_steps, steps=steps, device=device, dtype=dtype,
                             gradient_checkpointing=gradient_checkpointing)
@@ -162,14 +165,14 @@ def measure_all() -> list[dict]:
     print(f"{'model':12} {'setup':12} {'measured GB':>11} {'planned GB':>10} {'error':>7} {'s/step':>7} "
           f"{'memory vs full':>14} {'time vs full':>12}")
     for name in names:
-        full = runs[(name, 0)]
-        for rank in (0, lora_rank):
+        full = runs.get((name, 0))
+        for rank in ranks:
             r = runs[(name, rank)]
             peak = statistics.median(x["peak"] for x in r)
             est = r[0]["estimate"]
             step = statistics.median(x["step_s"] for x in r)
-            mem_ratio = peak / statistics.median(x["peak"] for x in full)
-            time_ratio = step / statistics.median(x["step_s"] for x in full)
+            mem_ratio = peak / statistics.median(x["peak"] for x in full) if full else float("nan")
+            time_ratio = step / statistics.median(x["step_s"] for x in full) if full else float("nan")
             setup = f"LoRA r={rank}" if rank else "full"
             print(f"{name:12} {setup:12} {peak / memory.GB:11.2f} {est / memory.GB:10.2f} "
                   f"{(est - peak) / peak * 100:+6.1f}% {step:7.2f} {mem_ratio * 100:13.0f}% {time_ratio * 100:11.0f}%")
