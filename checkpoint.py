@@ -33,6 +33,15 @@ def best_path(out_dir: str) -> str:
     return os.path.join(out_dir, BEST_NAME)
 
 
+def run_checkpoint(init_from: str) -> str | None:
+    """The checkpoint file init_from names when it is another run's out_dir or a checkpoint file, else None."""
+    if os.path.isfile(init_from):
+        return init_from
+    if os.path.isfile(checkpoint_path(init_from)):
+        return model_checkpoint_path(init_from)
+    return None
+
+
 def model_checkpoint_path(out_dir: str) -> str:
     """The checkpoint whose weights a trained out_dir stands for (sampling, chat, export): best.pt, the lowest
     val loss, when the run wrote one; else ckpt.pt (an older run, or one stopped before its first save)."""
@@ -83,8 +92,11 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict) -> GPT:
+def model_from_checkpoint(checkpoint: dict, merged: bool = True) -> GPT:
     """Build the GPT described by checkpoint['model_args'] and load its weights."""
+    if "lora" in checkpoint:  # a LoRA run's: its base + adapters (lora.py), merged unless training resumes
+        import lora
+        return lora.model_from_checkpoint(checkpoint, merged=merged)
     model = GPT(GPTConfig(**checkpoint["model_args"]))
     state = {k.removeprefix(COMPILED_PREFIX): v for k, v in checkpoint["model"].items()}
     model.load_state_dict(state)
@@ -99,8 +111,10 @@ def init_model(init_from: str, out_dir: str, scratch: GPTConfig | None = None, d
       resume             training=True: out_dir/ckpt.pt, the full state to continue from; otherwise the
                          weights the run stands for (model_checkpoint_path: best.pt, else ckpt.pt)
       gpt2 ... gpt2-xl   OpenAI's weights (transformers' cache; downloaded when online)
+      a run's out_dir    another NanoPhi run's weights (best.pt, else ckpt.pt; a LoRA run's merged), or a
+      or checkpoint file checkpoint file itself: to fine-tune further with a fresh optimizer and schedule
       an existing dir    a local transformers GPT-2 (config.json + weights)
-    For pretrained weights, dropout overrides theirs and block_size crops or extends the positions.
+    For these weights, dropout overrides theirs and block_size crops or extends the positions.
     Anything else is one line; a path that does not exist is said to be one, and never tried on the Hub.
     """
     if init_from == "scratch":
@@ -112,14 +126,21 @@ def init_model(init_from: str, out_dir: str, scratch: GPTConfig | None = None, d
         return GPT(scratch), None
     if init_from == "resume":
         checkpoint = load_checkpoint(checkpoint_path(out_dir) if training else model_checkpoint_path(out_dir))
-        return model_from_checkpoint(checkpoint), checkpoint
-    if init_from not in GPT2_SIZES and not os.path.isdir(init_from):
+        return model_from_checkpoint(checkpoint, merged=not training), checkpoint  # LoRA training: adapters live
+    run = run_checkpoint(init_from)
+    if run is not None:
+        checkpoint = load_checkpoint(run)
+        if dropout is not None:
+            checkpoint["model_args"]["dropout"] = dropout  # before the model is built: its dropout layers take it
+        model = model_from_checkpoint(checkpoint)
+    elif init_from not in GPT2_SIZES and not os.path.isdir(init_from):
         if os.sep in init_from or init_from.startswith((".", "~")):  # a path, not a name
             raise UserError(f"init_from={init_from}: no such directory; point it at a local transformers GPT-2 "
                             "directory (config.json + model.safetensors)")
         raise UserError(f"unknown init_from '{init_from}': use scratch, resume, {', '.join(GPT2_SIZES)}, "
-                        "or a local transformers GPT-2 directory")
-    model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
+                        "a local transformers GPT-2 directory, or another run's out_dir or checkpoint file")
+    else:
+        model = GPT.from_pretrained(init_from, None if dropout is None else dict(dropout=dropout))
     if block_size is not None:
         model.set_block_size(block_size)  # extend (position interpolation) or crop the checkpoint's positions
     return model, None

@@ -9,7 +9,11 @@ tools), generation_config.json with NanoPhi's sampling defaults, and a short mod
     transformers.pipeline("text-generation", model="hf-phi")
     GPT.from_pretrained("hf-phi")
 
-both load it offline, and its greedy continuations are sample.py's (with --dtype=float32).
+both load it offline, and its greedy continuations are sample.py's (with --dtype=float32). A LoRA run exports
+merged (base + adapters) this way; with --adapters_only it writes just the adapters, as a peft directory
+for transformers' GPT-2 of the same base (lora.py, docs/lora.md):
+
+    python export.py --out_dir=out-lora --hf_dir=hf-lora-adapters --adapters_only=True
 """
 
 import json
@@ -18,7 +22,8 @@ import shutil
 
 import torch
 
-from checkpoint import load_model
+import lora
+from checkpoint import load_checkpoint, load_model, model_checkpoint_path
 from configurator import configure
 from engine import newest_out_dir
 from errors import UserError, run_main
@@ -30,6 +35,7 @@ from tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_files, default_bpe_dir
 init_from = "resume"  # 'resume' (out_dir/best.pt, else ckpt.pt), or a GPT-2 name / transformers directory to re-export
 out_dir = ""  # the run to read; empty = the newest out*/ckpt.pt here (the run just trained)
 hf_dir = "hf-phi"  # where to write the transformers directory
+adapters_only = False  # a LoRA run: write only its adapters, as a peft adapter directory
 temperature = 0.85  # sampling defaults written to generation_config.json
 top_k = 8
 max_new_tokens = 200
@@ -122,7 +128,13 @@ def export(model: GPT, directory: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     configure(globals(), argv)
-    model, _ = load_model(init_from, newest_out_dir(init_from, out_dir), "cpu")
+    run_dir = newest_out_dir(init_from, out_dir)
+    if adapters_only:
+        lora.export_adapters(load_checkpoint(model_checkpoint_path(run_dir)), hf_dir)
+        print(f"wrote {hf_dir}: load it with peft.PeftModel.from_pretrained(<transformers GPT-2 of its base>, "
+              f"'{hf_dir}')")
+        return
+    model, _ = load_model(init_from, run_dir, "cpu")
     export(model, hf_dir)
     print(f"wrote {hf_dir}: load it with transformers.pipeline('text-generation', model='{hf_dir}')")
 

@@ -188,8 +188,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def explain_out_of_memory(batch_size: int, block_size: int):
-    """Turn an out-of-memory error into one line that says what to change."""
+def explain_out_of_memory(batch_size: int, block_size: int, advice: str = ""):
+    """Turn an out-of-memory error into one line that says what to change (advice: memory.py's plan for it)."""
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as e:
@@ -197,7 +197,7 @@ def explain_out_of_memory(batch_size: int, block_size: int):
             raise
         raise UserError(f"out of memory with batch_size={batch_size} at block_size={block_size}: use a smaller "
                         "--batch_size (raise --gradient_accumulation_steps to keep the tokens per iteration) "
-                        "or --gradient_checkpointing=True") from e
+                        "or --gradient_checkpointing=True" + (f". {advice}" if advice else "")) from e
 
 
 def memory_bytes(device: str) -> int:

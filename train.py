@@ -26,6 +26,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import hardware
+import lora
+import memory
+import optimizers
 from checkpoint import best_path, checkpoint_path, init_model, save_checkpoint
 from configurator import configure
 from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
@@ -43,7 +46,7 @@ log_interval = 10
 eval_iters = 20  # batches per eval set (train, val, per-tag val), shared among the processes
 always_save_checkpoint = True  # write ckpt.pt (and best.pt) at every eval; False: see checkpoint_interval
 checkpoint_interval = 600  # with always_save_checkpoint=False: seconds between writes during the run (also at the end)
-init_from = "scratch"  # scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a local transformers dir
+init_from = "scratch"  # scratch, resume, gpt2 ... gpt2-xl, a local transformers dir, or another run's out_dir/ckpt file
 # wandb logging
 wandb_log = False
 wandb_project = "nanophi"
@@ -62,7 +65,13 @@ dropout = 0.0
 bias = True
 gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower;
 # None: only where a step would not fit the device's memory without it (hardware.pick_activation_checkpointing)
+# LoRA (lora.py): train low-rank adapters on a frozen base instead of every weight
+lora_rank = 0  # 0: full fine-tune; e.g. 16: LoRA adapters of rank 16
+lora_alpha = 32.0  # adapter scale alpha / rank
+lora_dropout = 0.0
+lora_targets = "c_attn,c_proj,c_fc"  # module names: attention qkv and output, MLP in and out
 # AdamW
+optimizer = "adamw"  # adamw, or adamw8bit (bitsandbytes, CUDA only): 2 instead of 8 bytes of state per weight
 learning_rate = 1e-3
 max_iters = 2000
 weight_decay = 0.1
@@ -181,6 +190,8 @@ def main() -> None:
         dist.barrier()
     if model.config.vocab_size < data.vocab_size:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
+    lora_settings = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
+    model, lora_info = lora.prepare(model, init_from, checkpoint, lora_settings, ptdtype)  # None: full fine-tune
     tokens_per_micro_batch = batch_size * run_block_size
     model.gradient_checkpointing, why_checkpointing = hardware.pick_activation_checkpointing(
         gradient_checkpointing, model.get_num_params(non_embedding=False), model.config.n_layer, model.config.n_embd,
@@ -196,8 +207,15 @@ def main() -> None:
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
         print(f"activation checkpointing {'on' if raw_model.gradient_checkpointing else 'off'} ({why_checkpointing})")
+        if lora_info:
+            print(lora.describe(raw_model, lora_info))
+    plan = memory.plan_for(raw_model, batch_size, run_block_size, micro_steps, config["optimizer"], lora_info,
+                           raw_model.gradient_checkpointing, dtype_name, dev)
+    if master:
+        print(plan.describe())
 
-    optimizer = raw_model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer = optimizers.build(raw_model, config["optimizer"], weight_decay, learning_rate, (beta1, beta2),
+                                 device_type)
     scaler = hardware.grad_scaler(dev, dtype_name)
     sampler = TrainSampler(len(data.tokens["train"]), run_block_size, batch_size, gradient_accumulation_steps, seed)
     iter_num, best_val_loss = 0, float("inf")
@@ -240,8 +258,12 @@ def main() -> None:
     best = {"model": None, "iter_num": None, "unsaved": False}  # master only
     last_save = [time.time()]
 
+    def weights() -> dict:
+        """What a checkpoint holds of the model: its state dict, or a LoRA run's adapters (not the base)."""
+        return lora.checkpoint_entries(raw_model, lora_info) if lora_info else {"model": raw_model.state_dict()}
+
     def remember_best() -> None:
-        state = raw_model.state_dict()
+        state = weights()["model"]
         if best["model"] is None:
             by_storage = {}  # tied weights (the head is the token embedding) keep sharing one buffer
             best["model"] = {k: by_storage.setdefault(v.data_ptr(), torch.empty(
@@ -263,12 +285,12 @@ def main() -> None:
                 rng[key] = gathered if states else []
         if master:
             if best["unsaved"]:
-                save_checkpoint({"model": best["model"], "model_args": dict(vars(raw_model.config)),
+                save_checkpoint({**weights(), "model": best["model"], "model_args": dict(vars(raw_model.config)),
                                  "iter_num": best["iter_num"], "best_val_loss": best_val_loss, "config": config},
                                 best_path(out_dir))
                 best["unsaved"] = False
             save_checkpoint({
-                "model": raw_model.state_dict(), "model_args": dict(vars(raw_model.config)),
+                **weights(), "model_args": dict(vars(raw_model.config)),  # a LoRA run's: adapters, not the base
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
                 "rng": rng, "iter_num": iter_num, "best_val_loss": best_val_loss, "config": config,
             }, checkpoint_path(out_dir))
@@ -304,7 +326,7 @@ def main() -> None:
     stop = torch.zeros(4, device=dev)
     skipped_steps = 0  # fp16: consecutive steps the GradScaler skipped
     t0 = time.time()
-    with hardware.explain_out_of_memory(batch_size, run_block_size):
+    with hardware.explain_out_of_memory(batch_size, run_block_size, plan.advice()):
         while True:
             if iter_num % eval_interval == 0 or iter_num >= max_iters:
                 means = evaluate(raw_model, eval_batches.batches, ctx, len(data.tags), rank, world_size)

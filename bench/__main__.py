@@ -5,6 +5,7 @@
     python -m bench --mode=data      # data/prepare.py's tokens/s vs raw tiktoken (dataprep.py)
     python -m bench --mode=eval      # eval.py's batched generation vs one prompt at a time (evaluation.py)
     python -m bench --mode=serve     # serve.py: 8 streaming clients vs 1, and vs sample.py (serving.py)
+    python -m bench --mode=memory    # the memory planner's table, checked against measured peaks (memory.py)
 
 Each prints a table and, last, one JSON line. Speeds are medians of several interleaved runs.
 """
@@ -19,7 +20,7 @@ if __package__ in (None, ""):  # `python bench` (the folder as a script): make t
 from errors import UserError, run_main  # noqa: E402
 
 MODES = {"train": "bench.training", "sample": "bench.decoding", "data": "bench.dataprep", "eval": "bench.evaluation",
-         "serve": "bench.serving"}
+         "serve": "bench.serving", "memory": "bench.memory"}
 
 
 def main(argv: list[str] | None = None) -> None:
