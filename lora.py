@@ -122,13 +122,12 @@ def base_reference(init_from: str, model: GPT) -> dict:
 
 def load_base(reference: dict, block_size: int, dropout: float = 0.0) -> GPT:
     """The base model a reference points at, at block_size positions, checked against its hash."""
-    from checkpoint import model_from_init
+    from checkpoint import init_model
     path = reference["path"]
     if not (os.path.exists(path) or not os.path.isabs(path)):
         raise UserError(f"this LoRA checkpoint's base {path} is gone: put the base back there (its weights "
                         f"must hash to {reference['sha256'][:12]}...)")
-    base = model_from_init(path, {"dropout": dropout})
-    base.set_block_size(block_size)
+    base, _ = init_model(path, "", dropout=dropout, block_size=block_size)
     found = weights_hash(base)
     if found != reference["sha256"]:
         raise UserError(f"base mismatch: {path} has weights {found[:12]}..., but the adapters were trained on "

@@ -394,11 +394,11 @@ def main() -> None:
             if master and iter_num % log_interval == 0:
                 peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
-                memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
-                          if device_type == "cuda" else "")
+                peak_memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
+                               if device_type == "cuda" else "")
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
-                      f"epoch {sampler.epochs():.3f}{memory}")
+                      f"epoch {sampler.epochs():.3f}{peak_memory}")
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                             "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
                             "epoch": sampler.epochs()}, step=iter_num)

@@ -16,11 +16,10 @@ import lora
 import memory
 import optimizers
 from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
-from conftest import save_tiny_transformers_gpt2
-from fixtures_inference import run_script as _run_script
+from helpers import run_script as _run_script, save_tiny_transformers_gpt2
 from errors import UserError
 from model import GPT, GPTConfig
-from test_train import iteration_losses, run_train as _run_train, tiny_data  # noqa: F401
+from test_train import iteration_losses, run_train as _run_train
 
 SLOW_START = 600  # seconds: a fresh Python importing peft (and bitsandbytes) can take minutes on a busy machine
 
