@@ -267,10 +267,12 @@ def sample_lines(run: Run) -> list[str]:
     if not run.checkpoint:
         return []
     import engine
-    from checkpoint import model_from_checkpoint
+    import hardware
+    from checkpoint import load_checkpoint, model_checkpoint_path, model_from_checkpoint
     from tokenizer import EOT_ID
     hardware.set_cpu_threads(idle_only=True)
-    model = engine.for_decoding(model_from_checkpoint(run.checkpoint).eval(), "cpu")
+    weights = load_checkpoint(model_checkpoint_path(run.path))  # best.pt, else ckpt.pt: what sample.py reads
+    model = engine.for_decoding(model_from_checkpoint(weights).eval(), "cpu")
     prompts = list(SAMPLE_PROMPTS.values())
     outs = engine.generate_batch(model, [engine.encode(p) for p in prompts], sample_tokens)
     lines = [f"Greedy, up to {sample_tokens} tokens, ending at end-of-text:", ""]

@@ -134,9 +134,9 @@ def test_metrics_jsonl_keeps_each_iteration_once_across_a_resume(tmp_path):
 
 @pytest.mark.slow
 def test_train_writes_metrics_then_report_draws_them(tmp_path):
-    from test_train import run_train, tiny_data  # noqa: F401  (tiny dataset of every tag)
     from data.binwriter import write_dataset
-    from test_train import tiny_documents
+    from helpers import tiny_documents
+    from test_train import run_train
     data = str(tmp_path / "data")
     write_dataset(tiny_documents(), data, val_fraction=0.2, num_threads=1, progress=False)
     out = tmp_path / "run"
