@@ -84,6 +84,16 @@ def plot_series(ax, rows: list[dict], key: str, x: str, tokens_per_iter: int | N
     return True
 
 
+
+def finish(fig, path: str, title: str | None = None) -> bool:
+    """Title, lay out and write a figure, then free it; True: a figure was drawn."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
 def loss_figure(runs: list[Run], path: str) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = False
@@ -108,11 +118,7 @@ def loss_figure(runs: list[Run], path: str) -> bool:
         ax.set_ylabel("loss (nats per token)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Training and validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return finish(fig, path, "Training and validation loss")
 
 
 def tag_figure(runs: list[Run], path: str) -> bool:
@@ -143,11 +149,7 @@ def tag_figure(runs: list[Run], path: str) -> bool:
         for ax in list(axes.flat)[len(tags):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Validation loss per tag")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return finish(fig, path, "Validation loss per tag")
 
 
 def throughput_figure(runs: list[Run], path: str) -> bool:
@@ -169,11 +171,7 @@ def throughput_figure(runs: list[Run], path: str) -> bool:
         ax.set_ylim(bottom=0)
     if len(runs) > 1:
         axes[0].legend(fontsize=8)
-    fig.suptitle("Throughput")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return finish(fig, path, "Throughput")
 
 
 def eval_figure(runs: list[Run], path: str) -> bool:
@@ -212,10 +210,7 @@ def eval_figure(runs: list[Run], path: str) -> bool:
     if len(with_eval) > 1:
         ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Task suite (eval.py)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return finish(fig, path)
 
 
 def eval_table(run: Run) -> list[str]:
