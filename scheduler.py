@@ -137,7 +137,8 @@ class Scheduler:
                     for request in self.running + joining:
                         request.emit(Event(error=f"{type(e).__name__}: {e}"))
                     self.running = []
-                    self.cache.lengths.zero_()
+                    for row in range(self.cache.k.size(1)):
+                        self.cache.reset_row(row)
 
     def _gather(self) -> None:
         """Woken from idle: while requests keep arriving (clients that start together), let them, for a few
@@ -233,7 +234,9 @@ class Scheduler:
         width = max(lengths)
         idx = torch.tensor([x + [0] * (width - len(x)) for x in inputs], dtype=torch.long, device=self.device)
         valid = None if min(lengths) == width else torch.tensor(lengths, dtype=torch.long, device=self.device)
-        logits, _ = self.model(idx, kv_cache=rows_view(self.cache, start, start + len(inputs)), valid=valid)
+        view = rows_view(self.cache, start, start + len(inputs))
+        logits, _ = self.model(idx, kv_cache=view, valid=valid)
+        view.lengths  # noqa: B018  reading writes the rows' lengths back (a same-length forward counts in an int)
         return logits[:, -1, :]
 
     def _sample(self, requests: list[Request], logits: torch.Tensor) -> None:
@@ -272,8 +275,8 @@ def rows_view(cache: KVCache, start: int, stop: int) -> KVCache:
     writes the rows' keys, values and lengths in place, and costs what a cache of stop - start rows costs.
     Rows of one length take KVCache's plain-slice path (no masks), as single-prompt decoding does."""
     view = copy.copy(cache)
-    view.k, view.v, view.lengths = cache.k[:, start:stop], cache.v[:, start:stop], cache.lengths[start:stop]
-    lengths = set(view.lengths.tolist())
+    view.k, view.v, view._lengths = cache.k[:, start:stop], cache.v[:, start:stop], cache.lengths[start:stop]
+    lengths = set(view._lengths.tolist())
     view.same_length = lengths.pop() if len(lengths) == 1 else None
     return view
 
