@@ -39,6 +39,20 @@ def run_train(out_dir, *args, torchrun: bool = False, check: bool = True, timeou
     return result
 
 
+def train_until_sigterm(out_dir, *args) -> str:
+    """Run train.py as a user would for (nearly) ever, send SIGTERM once it logs iteration 3, and return its
+    output after it has exited cleanly."""
+    command = [sys.executable, "train.py", f"--out_dir={out_dir}", *TINY, "--max_iters=100000", *args]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("iter 3:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    return out
+
+
 def iteration_losses(stdout: str) -> dict[int, float]:
     return {int(i): float(x) for i, x in re.findall(r"^iter (\d+): loss ([\d.]+)", stdout, re.M)}
 
@@ -139,15 +153,7 @@ def test_pretrained_extended_fp16_scaler_activation_checkpointing(tmp_path, tiny
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, tiny_data):
-    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
-               "--max_iters=100000", "--eval_interval=100000"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("iter 3:"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, out
+    out = train_until_sigterm(tmp_path, f"--dataset={tiny_data}", "--eval_interval=100000")
     assert "stopped at iteration" in out
     stopped_at = load_checkpoint(checkpoint_path(str(tmp_path)))["iter_num"]
     assert stopped_at >= 3
@@ -284,16 +290,8 @@ def test_overflowing_gradient_stops_and_keeps_last_good_checkpoint(tmp_path, tin
 def test_signal_keeps_the_best_weights_apart_from_the_latest(tmp_path, tiny_data):
     # save-on-best (the recipe's setting) stopped between evals: ckpt.pt holds the latest state to resume,
     # best.pt the weights of the best eval, and ckpt.pt's best_val_loss is theirs
-    command = [sys.executable, "train.py", f"--out_dir={tmp_path}", *TINY, f"--dataset={tiny_data}",
-               "--max_iters=100000", "--eval_interval=2", "--always_save_checkpoint=False",
-               "--checkpoint_interval=100000"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith("iter 3:"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    out = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 0, out
+    out = train_until_sigterm(tmp_path, f"--dataset={tiny_data}", "--eval_interval=2",
+                              "--always_save_checkpoint=False", "--checkpoint_interval=100000")
     assert out.count("saved checkpoint") == 1  # evals every 2 iterations, one write: on the signal
     latest, best = load_checkpoint(checkpoint_path(str(tmp_path))), load_checkpoint(best_path(str(tmp_path)))
     assert best["iter_num"] < latest["iter_num"] and best["iter_num"] % 2 == 0
