@@ -23,7 +23,8 @@ import hardware
 from checkpoint import CHECKPOINT_NAME, load_model
 from errors import UserError
 from kernels import Int8Linear, PackedLinear
-from model import GPT, KVCache, TokenSampler
+from kv_cache import KVCache
+from model import GPT, TokenSampler
 from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 
 FILE_PREFIX = "FILE:"
@@ -178,7 +179,7 @@ def generate_batch(model: GPT, prompts: list[list[int]], max_new_tokens: int, sa
     """Continuations (token ids, the stop token left out) of many prompts, batch_size prompts per forward.
 
     Prompts of similar length are batched together (less padding); each batch is right-padded into one prefill
-    and then decoded one token per row per step through one KVCache with per-row lengths (model.KVCache).
+    and then decoded one token per row per step through one KVCache with per-row lengths (kv_cache.KVCache).
     A row stops at stop_token or after max_new_tokens, its cache row frozen (fed with valid=0); once half the
     rows have stopped, the batch is compacted so that decoding stops paying for them. sampling=None is greedy,
     and gives the same tokens as model.generate one prompt at a time (a test checks it). Batches do not slide

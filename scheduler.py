@@ -28,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from model import GPT, KVCache, TokenSampler
+from kv_cache import KVCache
+from model import GPT, TokenSampler
 from tokenizer import EOT_ID, get_encoding
 
 

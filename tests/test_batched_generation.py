@@ -1,10 +1,11 @@
-"""Batched generation on per-row KV cache lengths (model.KVCache, engine.generate_batch), and what generation
+"""Batched generation on per-row KV cache lengths (kv_cache.KVCache, engine.generate_batch), and what generation
 produces at and past the context window."""
 
 import torch
 
 import engine
-from model import GPT, GPTConfig, KVCache
+from kv_cache import KVCache
+from model import GPT, GPTConfig
 
 
 def random_prompts(lengths: list[int], vocab: int, seed: int = 1) -> list[list[int]]:
