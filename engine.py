@@ -24,7 +24,8 @@ from checkpoint import CHECKPOINT_NAME, load_model
 from errors import UserError
 from kernels import Int8Linear, PackedLinear
 from kv_cache import KVCache
-from model import GPT, TokenSampler
+from model import GPT
+from sampling import TokenSampler
 from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
 
 FILE_PREFIX = "FILE:"

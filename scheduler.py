@@ -29,7 +29,8 @@ from typing import Callable
 import torch
 
 from kv_cache import KVCache
-from model import GPT, TokenSampler
+from model import GPT
+from sampling import TokenSampler
 from tokenizer import EOT_ID, get_encoding
 
 

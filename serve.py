@@ -33,7 +33,8 @@ import engine
 import hardware
 from configurator import configure
 from errors import UserError, run_main
-from model import GPT, TokenSampler
+from model import GPT
+from sampling import TokenSampler
 from scheduler import Event, Request, Scheduler
 from tags import TAGS, optional_tag
 from tokenizer import EOT_ID

@@ -6,7 +6,7 @@ import time
 import torch
 
 import engine
-from model import TokenSampler
+from sampling import TokenSampler
 from scheduler import Event, Request, Scheduler, cheap_padding, prefill_groups
 
 PROMPTS = ["Hello there", "[Math] 1+1=2 2+2=4 3+3=", "a b c d e f g h i j k l m n o p q r s t u v w", "x",
