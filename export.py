@@ -27,7 +27,8 @@ from checkpoint import load_checkpoint, load_model, model_checkpoint_path
 from configurator import configure
 from engine import newest_out_dir
 from errors import UserError, run_main
-from model import GPT, TRANSFORMERS_BUFFERS
+from hf_gpt2 import TRANSFORMERS_BUFFERS, state_dict_to_transformers
+from model import GPT
 from tags import TAGS
 from tokenizer import EOT_ID, EOT_TOKEN, VOCAB_SIZE, bpe_files, default_bpe_dir
 
@@ -58,7 +59,7 @@ def transformers_model(model: GPT):
                         bos_token_id=EOT_ID, eos_token_id=EOT_ID, tie_word_embeddings=True)
     hf_model = GPT2LMHeadModel(config)
     target = hf_model.state_dict()
-    weights = {k: v.float() for k, v in model.to_transformers_state_dict().items()}
+    weights = {k: v.float() for k, v in state_dict_to_transformers(model.state_dict()).items()}
     for name in ("transformer.wte.weight", "lm_head.weight"):  # tied: the same rows
         if name in weights:
             weights[name] = weights[name][:VOCAB_SIZE]

@@ -9,7 +9,7 @@ import torch
 
 from checkpoint import checkpoint_path, load_checkpoint
 from errors import UserError
-from model import load_transformers_gpt2
+from hf_gpt2 import load_transformers_gpt2
 
 
 @pytest.fixture
