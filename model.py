@@ -1,9 +1,13 @@
-"""The whole GPT-2 in one file: the model, loading OpenAI's weights, and fast generation with a KV cache.
+"""GPT-2 itself, top to bottom: the model, loading OpenAI's weights, and fast generation with a KV cache.
 
 The parameter layout is OpenAI's GPT-2, name for name, so weights from `transformers` map one to one.
 Compared with nanoGPT this adds: generation that prefills the prompt once and then feeds one token per step
 through a key/value cache; longer context by interpolating the learned position embeddings; activation
 checkpointing; and MFU measured against the peak of the device actually in use.
+
+The machinery it calls lives in files of its own, so that this one reads as the model and nothing else: the
+KV cache (kv_cache.py, mostly per-row bookkeeping for batched serving), the token sampler (sampling.py),
+transformers' weight layout (hf_gpt2.py) and the CPU fast paths (kernels.py).
 """
 
 import math
