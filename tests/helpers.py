@@ -88,3 +88,16 @@ def tiny_documents(n: int = 700):
             "Excerpt": f"The {words[a % 8]} sat. {i} [Response] {words[b % 8]}",
         }[tag]
         yield tag, f"[{tag}] {text}"
+
+
+def generated_texts(name: str, n: int = 60) -> list[str]:
+    """The texts n calls of one data/mini_generators generator make (a call may make several documents)."""
+    import random
+
+    from data.mini_generators import GENERATORS
+    rng = random.Random(f"test-{name}")
+    out = []
+    for _ in range(n):
+        made = GENERATORS[name](rng)
+        out += [text for _, text in (made if isinstance(made, list) else [made])]
+    return out

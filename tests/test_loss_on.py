@@ -121,14 +121,3 @@ def test_head_on_trained_rows_only_gives_the_same_loss_and_gradients():
     full = FusedHeadLoss.apply(x, w, targets)  # every row through the head, ignored ones zeroed
     full.backward()
     assert torch.allclose(loss, full) and torch.allclose(gx, x.grad) and torch.allclose(gw, w.grad, atol=1e-6)
-
-
-# ---- the generators: answers are in the prompt, sums are right, code parses ------------------------------
-
-def generated(name: str, n: int = 60) -> list[str]:
-    rng = random.Random(f"test-{name}")
-    out = []
-    for _ in range(n):
-        made = mini_sources.GENERATORS[name](rng)
-        out += [text for _, text in (made if isinstance(made, list) else [made])]
-    return out

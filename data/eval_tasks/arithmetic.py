@@ -1,16 +1,18 @@
-"""[Math] tasks: single-digit addition, multi-digit addition, few-shot sequences, word problems.
+"""[Math] tasks: single-, two- and three-digit addition, few-shot sequences, word problems.
 
-Training (data/mini_sources.py) uses: drills `a op b = c` with a, b in 0..99 (* in 0..12); few-shot lines
-starting at k in 1..60 with 6..12 terms (so i+i terms up to 71) and constants c in 1..20; word problems with
-a in 2..60, b in 2..40, c in 2..9 and the names/items lists there. These tasks use 100..999 for multi-digit
-addition, i+i from 100, c in 21..49, word-problem a in 61..99, b in 41..80, c in 11..19, and other names and
-items. Single-digit addition cannot avoid the training range (there are 100 sums in all): those items are
-kept only if their exact text is not in the training split (eval.py's overlap check).
+What keeps each task's items out of training (data/mini_generators.py):
+- single-digit addition is a table of 100 sums that training drills on purpose; its prompt as written here,
+  `[Math] a + b =` at a document's start, never opens a training document (eval.py's overlap check);
+- two-digit addition asks only the pairs `held_out_sum` keeps out of every training document;
+- few-shot lines start at a multiple of 5, where no training line starts (`fewshot_start_held_out`);
+- word problems use names and items training never uses, and one wording of their own;
+- three-digit addition and the large word problems use ranges training never reaches (stretch tasks).
 """
 
 import re
 
 from data.eval_tasks import Item, Task
+from data.mini_generators import fewshot_start_held_out, held_out_sum
 
 NAMES = ["Alma", "Bruno", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Juno", "Kofi", "Lena",
          "Milo", "Nadia", "Otto", "Pia", "Raul", "Sofia", "Theo", "Vera"]
@@ -31,18 +33,26 @@ def add_1digit(rng) -> Item:
     return Item(f"[Math] {a} + {b} =", str(a + b))
 
 
-def add_multidigit(rng) -> Item:
+def add_2digit(rng) -> Item:
+    while True:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        if held_out_sum(a, b):
+            return Item(f"[Math] {a} + {b} =", str(a + b))
+
+
+def add_3digit(rng) -> Item:
     a, b = rng.randint(100, 999), rng.randint(100, 999)
     return Item(f"[Math] {a} + {b} =", str(a + b))
 
 
 def fewshot(rng) -> Item:
-    n, kind = rng.randint(4, 6), rng.randrange(3)
-    k, c = rng.randint(100, 300), rng.randint(21, 49)
+    """Doubling, +1 or +c (c in 2..9), 3-5 terms shown, starting at a multiple of 5 up to 60."""
+    n, kind, c = rng.randint(3, 5), rng.randrange(3), rng.randint(2, 9)
+    k = rng.choice([k for k in range(5, 61) if fewshot_start_held_out(k)])
     if kind == 0:
         terms = [(f"{i}+{i}=", 2 * i) for i in range(k, k + n + 1)]
     elif kind == 1:
-        terms = [(f"{c}*{i}=", c * i) for i in range(1, n + 2)]
+        terms = [(f"{i}+1=", i + 1) for i in range(k, k + n + 1)]
     else:
         terms = [(f"{i}+{c}=", i + c) for i in range(k, k + n + 1)]
     shown = " ".join(f"{q}{a}" for q, a in terms[:-1])
@@ -50,6 +60,20 @@ def fewshot(rng) -> Item:
 
 
 def word_problem(rng) -> Item:
+    """One step with single digits: add or take away."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    kind = rng.randrange(3)
+    if kind == 0:
+        q, ans = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
+    elif kind == 1:
+        q, ans = f"{name} has {a + b} {item} and gives away {b}. How many {item} are left?", a
+    else:  # a wording of our own, not training's
+        q, ans = f"{name} picked {a} {item} in the morning and {b} in the evening. How many {item} did {name} pick?", a + b
+    return Item(f"[Math] Question: {q}\n", str(ans))
+
+
+def word_problem_large(rng) -> Item:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b, c = rng.randint(61, 99), rng.randint(41, 80), rng.randint(11, 19)
     kind = rng.randrange(4)
@@ -72,7 +96,11 @@ def score_word(item: Item, output: str, stopped: bool) -> dict[str, bool]:
 
 TASKS = [
     Task("math_add_1digit", "Math", "a + b with single digits", add_1digit, score_number, 4, n=50, finite=100),
-    Task("math_add_multidigit", "Math", "a + b with three-digit numbers", add_multidigit, score_number, 6),
-    Task("math_fewshot", "Math", "next term of a few-shot sequence (i+i, c*i, i+c)", fewshot, score_number, 6),
-    Task("math_word", "Math", "word problem, answer after 'The answer is'", word_problem, score_word, 48),
+    Task("math_add_2digit", "Math", "a + b with two-digit pairs training never shows", add_2digit, score_number, 4),
+    Task("math_fewshot", "Math", "next term of a few-shot sequence (i+i, i+1, i+c)", fewshot, score_number, 6),
+    Task("math_word", "Math", "one-step word problem with single digits, after 'The answer is'", word_problem,
+         score_word, 40),
+    Task("math_add_3digit", "Math", "stretch: a + b with three-digit numbers", add_3digit, score_number, 6),
+    Task("math_word_large", "Math", "stretch: word problem with two-digit numbers, times and shares",
+         word_problem_large, score_word, 48),
 ]

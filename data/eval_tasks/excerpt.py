@@ -1,15 +1,15 @@
 """[Excerpt] task: a fact stated in a short text (a year, a count, a place), answered after [Response].
 
-Training's excerpts (data/mini_sources.py) use years 1950..2020, 1..6 cats and its NAMES, CITIES and JOBS;
-here years are 1900..1949, counts 7..12 and the names, cities and jobs are others, so the answer must be
-read from the text.
+Training's excerpts (data/mini_generators.py) draw every name, place, year and count at random, and never
+use the names, cities and jobs listed here (held_out_words); this text also has a wording of its own
+("and worked there as a ..."). The answer can only be read from the text.
 """
 
 from data.eval_tasks import Item, Task, first_line
 
 NAMES = ["Alma", "Bruno", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Juno", "Kofi", "Lena"]
 CITIES = ["Tampere", "Cusco", "Hobart", "Tbilisi", "Malmo", "Arequipa", "Gdansk", "Leeds", "Porto", "Accra"]
-JOBS = ["baker", "plumber", "librarian", "dentist", "sailor", "potter", "welder", "florist"]
+JOBS = ["glazier", "plumber", "cobbler", "dentist", "sailor", "potter", "welder", "florist"]
 
 
 def fact(rng) -> Item:

@@ -1,7 +1,7 @@
 """[Logic] tasks: which conclusion follows from the premises (syllogisms, conditionals, orderings).
 
-The argument forms are training's (data/mini_sources.py), the words are not: made-up plurals, names and
-cities outside its NONSENSE, NAMES and CITIES lists, so only the form of the argument can give the answer.
+The argument forms are training's (data/mini_generators.py), the words are not: its pools of names, places
+and made-up plurals leave out every word listed here (held_out_words), so only the premises can give the answer.
 """
 
 from data.eval_tasks import Item, Task, exact_line
@@ -16,8 +16,8 @@ CONDITIONALS = [("{n} studies", "{n} passes the exam", "{n} did not pass the exa
                  "it did not rain in {c}"),
                 ("{n} has a ticket", "{n} may board the train", "{n} may not board the train", "{n} has no ticket"),
                 ("{n} waters the plants", "the plants grow", "the plants did not grow", "{n} did not water the plants")]
-ORDERS = [("taller", "shorter", "tallest"), ("older", "younger", "oldest"), ("faster", "slower", "fastest"),
-          ("heavier", "lighter", "heaviest")]
+ORDERS = [("taller", "shorter", "tallest", "shortest"), ("older", "younger", "oldest", "youngest"),
+          ("faster", "slower", "fastest", "slowest"), ("heavier", "lighter", "heaviest", "lightest")]
 
 
 def prompt(premises: str) -> str:
@@ -40,17 +40,18 @@ def conditional(rng) -> Item:
 
 
 def order(rng) -> Item:
-    more, less, most = rng.choice(ORDERS)
+    more, less, most, least = rng.choice(ORDERS)
     people = rng.sample(NAMES, rng.randint(3, 4))  # people[0] is the most
     facts = [f"{x} is {more} than {y}." if rng.random() < 0.5 else f"{y} is {less} than {x}."
              for x, y in zip(people, people[1:])]
     rng.shuffle(facts)
-    return Item(f"[Logic] Premises: {' '.join(facts)}\nQuestion: Who is the {most}?\n",
-                f"Conclusion: {people[0]} is the {most}.")
+    who, what = (people[0], most) if rng.random() < 0.5 else (people[-1], least)
+    return Item(f"[Logic] Premises: {' '.join(facts)}\nQuestion: Who is the {what}?\n",
+                f"Conclusion: {who} is the {what}.")
 
 
 TASKS = [
     Task("logic_syllogism", "Logic", "conclusion of a syllogism over made-up words", syllogism, exact_line, 20),
     Task("logic_conditional", "Logic", "modus ponens / modus tollens conclusion", conditional, exact_line, 24),
-    Task("logic_order", "Logic", "who is the most, from pairwise comparisons", order, exact_line, 16),
+    Task("logic_order", "Logic", "who is the most or the least, from pairwise comparisons", order, exact_line, 16),
 ]

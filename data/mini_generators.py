@@ -1,0 +1,401 @@
+"""The seeded generators of the `mini` mixture: the tagged skill documents a small GPT learns from.
+
+Each generator takes a random.Random and returns one document (tag, text) or a list of them. They are built so
+that the answer has to be *read from the prompt*, not recalled (issue 15: a model trained on a few names and
+cities learned to answer with a name from its list, not the one in the question):
+- names and places come from about 4,000 proper nouns of GPT-2's vocabulary plus made-up names of two or
+  three syllables, so no name is common enough to be worth remembering;
+- an excerpt mentions one or two people and several numbers, and is asked two questions (two documents);
+- an ordering of 3-5 people is asked who is the most and who is the least;
+- every single-digit sum and difference is drilled (it is a table to learn), two-digit sums are drilled except
+  a fixed held-out tenth (`held_out_sum`) that eval.py uses to measure what was *not* seen.
+
+The names eval.py asks about (data/eval_tasks) never occur here: `held_out_words()` removes them from every
+pool, and tests/test_eval.py checks it.
+"""
+
+import functools
+import random
+import re
+
+from tags import format_doc, format_excerpt, format_prompt_response
+
+Doc = tuple[str, str]
+
+
+# ----------------------------------------------------------------------------- pools of words
+
+SYLLABLES = ["ka", "lo", "mi", "ren", "dar", "vel", "tho", "sa", "bri", "nor", "zel", "qua", "fen", "ol",
+             "ard", "ix", "um", "ta", "ri", "gos", "bel", "mar", "tu", "vin", "ess", "ha", "jor", "pel"]
+
+
+@functools.cache
+def held_out_words() -> frozenset[str]:
+    """Every name, place, item and made-up word that eval.py's tasks use: training never does."""
+    from data.eval_tasks import arithmetic, code, excerpt, formats, logic
+    words = arithmetic.NAMES + arithmetic.ITEMS + logic.NAMES + logic.CITIES + logic.NONSENSE + excerpt.NAMES \
+        + excerpt.CITIES + excerpt.JOBS + formats.NAMES + [c[0] for c in formats.CHARACTERS]
+    return frozenset(words) | frozenset(w.split()[-1] for w in words)
+
+
+@functools.cache
+def proper_nouns() -> tuple[str, ...]:
+    """GPT-2's single-token capitalized words that are not ordinary words in lower case: 'Alice', 'Hobart'
+    would qualify, 'Bob' (bob) would not. About 4,000, sorted, so the pool is the same on every machine."""
+    from tokenizer import get_encoding
+    enc = get_encoding()
+    vocab = {enc.decode_single_token_bytes(i) for i in range(enc.n_vocab - 1)}
+    found = (b.decode()[1:] for b in vocab if re.fullmatch(rb" [A-Z][a-z]{2,8}", b) and b.lower() not in vocab)
+    return tuple(sorted(w for w in found if w not in held_out_words()))
+
+
+def made_up_name(rng: random.Random) -> str:
+    while True:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        if name not in held_out_words():
+            return name
+
+
+def name(rng: random.Random) -> str:
+    """A person's or a place's name: a vocabulary proper noun (two in three) or a made-up one."""
+    return rng.choice(proper_nouns()) if rng.random() < 0.67 else made_up_name(rng)
+
+
+def names(rng: random.Random, k: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < k:
+        n = name(rng)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def made_up_plural(rng: random.Random) -> str:
+    while True:
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 2))) + rng.choice(["s", "es", "ps", "ks"])
+        if word not in held_out_words():
+            return word
+
+
+ITEMS = ["apples", "books", "marbles", "pencils", "stickers", "coins", "shells", "cards", "cookies", "stamps",
+         "oranges", "balloons", "candles", "cups", "toys", "plates", "shirts", "rocks", "flowers", "bottles",
+         "boxes", "bags", "eggs", "leaves", "nails", "hats", "spoons", "bricks", "ducks", "chairs"]
+PETS = ["cats", "dogs", "goats", "parrots", "rabbits", "horses", "hens", "fish", "sheep", "cows"]
+JOBS = ["teacher", "nurse", "carpenter", "chef", "pilot", "gardener", "painter", "engineer", "farmer", "tailor",
+        "doctor", "driver", "singer", "lawyer", "miner", "fisher", "writer", "clerk", "guard", "cook"]
+SHOPS = ["bakery", "bookshop", "cafe", "school", "clinic", "workshop", "garage", "hotel", "market", "studio"]
+BUILDINGS = [("bridge", "arches"), ("castle", "towers"), ("library", "rooms"), ("church", "bells"),
+             ("station", "platforms"), ("stadium", "gates"), ("museum", "halls"), ("tower", "floors"),
+             ("harbour", "piers"), ("palace", "gardens")]
+TOPICS = ["birds", "ships", "music", "history", "the sea", "old maps", "trees", "the stars", "bread", "trains"]
+
+
+# ----------------------------------------------------------------------------- [Math]
+
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def held_out_sum(a: int, b: int) -> bool:
+    """Two-digit sums training never shows (about 1 in 11, symmetric in a and b): eval.py's unseen items.
+    Doubles stay in: the few-shot doubling lines need them."""
+    return a >= 10 and b >= 10 and a != b and (a * b + 3 * (a + b)) % 11 == 5
+
+
+def equation(a: int, op: str, b: int, spaced: bool) -> str:
+    c = OPS[op](a, b)
+    return f"{a} {op} {b} = {c}" if spaced else f"{a}{op}{b}={c}"
+
+
+def math_facts(rng: random.Random) -> Doc:
+    """Single-digit sums and differences, the table every other skill builds on. The spaced form
+    `a + b = c` never opens a document, so eval.py's `[Math] a + b =` prompts stay unseen as written."""
+    spaced = rng.random() < 0.5
+    lines = []
+    for _ in range(rng.randint(6, 10)):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        lines.append(equation(a, "+", b, spaced) if rng.random() < 0.75 else equation(a + b, "-", b, spaced))
+    if spaced:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        lines.insert(0, equation(a + b, "-", a, True))
+    return "Math", format_doc("Math", "\n".join(lines))
+
+
+def two_numbers(rng: random.Random) -> tuple[int, int]:
+    while True:
+        a = rng.randint(10, 99) if rng.random() < 0.8 else rng.randint(0, 9)
+        b = rng.randint(10, 99) if rng.random() < 0.8 else rng.randint(0, 9)
+        if not held_out_sum(a, b):
+            return a, b
+
+
+def math_drill(rng: random.Random) -> Doc:
+    """Two-digit sums and differences (the held-out ones never), some products and quotients."""
+    spaced = rng.random() < 0.5
+    lines = []
+    for _ in range(rng.randint(4, 8)):
+        kind = rng.random()
+        if kind < 0.6:
+            a, b = two_numbers(rng)
+            lines.append(equation(a, "+", b, spaced))
+        elif kind < 0.85:
+            a, b = two_numbers(rng)
+            lines.append(equation(a + b, "-", b, spaced))
+        elif kind < 0.95:
+            lines.append(equation(rng.randint(0, 12), "*", rng.randint(0, 12), spaced))
+        else:
+            b, q = rng.randint(2, 12), rng.randint(1, 12)
+            lines.append(f"{b * q} / {b} = {q}" if spaced else f"{b * q}/{b}={q}")
+    return "Math", format_doc("Math", "\n".join(lines))
+
+
+def fewshot_start_held_out(k: int) -> bool:
+    """Few-shot lines never *start* at a multiple of 5 in training (they may pass through it): eval.py's
+    few-shot prompts start there, so none of them opens a training document."""
+    return k % 5 == 0
+
+
+def math_fewshot(rng: random.Random) -> Doc:
+    """A pattern continued term by term: doubling, +1, +c, times c, counting by c."""
+    n, c = rng.randint(3, 10), rng.randint(2, 9)
+    k = rng.randint(1, 60)
+    while fewshot_start_held_out(k):
+        k = rng.randint(1, 60)
+    kind = rng.randrange(6)
+    if kind == 0:
+        terms = [f"{i}+{i}={2 * i}" for i in range(k, k + n)]
+    elif kind == 1:
+        terms = [f"{i}+1={i + 1}" for i in range(k, k + n)]
+    elif kind == 2:
+        terms = [f"{i}+{c}={i + c}" for i in range(k, k + n)]
+    elif kind == 3:
+        terms = [f"{c}*{i}={c * i}" for i in range(1, n + 1)]
+    elif kind == 4:
+        terms = [", ".join(str(c * i) for i in range(k, k + n))]
+    else:
+        terms = [", ".join(str(i) for i in range(k, k + n))]
+    return "Math", format_doc("Math", " ".join(terms))
+
+
+WORD = [  # (question, operator): a is what there was, b what changed
+    ("{n} has {a} {x} and gets {b} more. How many {x} does {n} have now?", "+"),
+    ("{n} has {a} {x} and buys {b} more. How many {x} does {n} have?", "+"),
+    ("There are {a} {x} in a box. {n} puts in {b} more. How many {x} are in the box now?", "+"),
+    ("{n} found {a} {x} on Monday and {b} {x} on Tuesday. How many {x} did {n} find in all?", "+"),
+    ("What is {a} plus {b}?", "+"),
+    ("{n} has {a} {x} and gives away {b}. How many {x} are left?", "-"),
+    ("{n} had {a} {x} and lost {b} of them. How many {x} does {n} have now?", "-"),
+    ("There are {a} {x} on the table. {n} takes {b}. How many {x} are still on the table?", "-"),
+    ("What is {a} minus {b}?", "-"),
+]
+
+
+def math_word(rng: random.Random) -> Doc:
+    """One-step word problems, mostly with single digits; the answer shows the sum, then `The answer is N.`"""
+    q, op = rng.choice(WORD)
+    a, b = (rng.randint(1, 9), rng.randint(1, 9)) if rng.random() < 0.7 else two_numbers(rng)
+    if op == "-":
+        a = a + b  # never below zero
+    text = q.format(n=name(rng), x=rng.choice(ITEMS), a=a, b=b)
+    c = OPS[op](a, b)
+    prompt = f"Question: {text}" if rng.random() < 0.75 else text
+    return "Math", format_prompt_response("Math", prompt, f"Answer: {a} {op} {b} = {c}. The answer is {c}.")
+
+
+def math_expr(rng: random.Random) -> Doc:
+    a, b, c = rng.randint(1, 30), rng.randint(1, 30), rng.randint(2, 9)
+    op1, op2 = rng.choice("+-"), rng.choice("+-*")
+    inner = OPS[op1](a, b)
+    return "Math", format_doc("Math", f"({a} {op1} {b}) {op2} {c} = {inner} {op2} {c} = {OPS[op2](inner, c)}")
+
+
+# ----------------------------------------------------------------------------- [Logic]
+
+CHAINS = [["poodles", "dogs", "mammals", "animals", "living things"], ["roses", "flowers", "plants", "living things"],
+          ["sparrows", "birds", "animals"], ["squares", "rectangles", "polygons", "shapes"],
+          ["violins", "string instruments", "instruments"], ["trout", "fish", "animals"],
+          ["oaks", "trees", "plants"], ["cars", "vehicles", "machines"], ["novels", "books", "things you can read"]]
+CONDITIONALS = [("{n} studies", "{n} passes the exam", "{n} did not pass the exam", "{n} did not study"),
+                ("{n} leaves before eight", "{n} catches the bus", "{n} missed the bus", "{n} did not leave before eight"),
+                ("it rains in {c}", "the streets of {c} get wet", "the streets of {c} are dry", "it did not rain in {c}"),
+                ("{n} waters the plants", "the plants grow", "the plants did not grow", "{n} did not water the plants"),
+                ("the {c} museum is open", "{n} visits it", "{n} did not visit it", "the {c} museum is closed"),
+                ("{n} has a ticket", "{n} may board the train", "{n} may not board the train", "{n} has no ticket")]
+ORDERS = [("taller", "shorter", "tallest", "shortest"), ("older", "younger", "oldest", "youngest"),
+          ("faster", "slower", "fastest", "slowest"), ("heavier", "lighter", "heaviest", "lightest"),
+          ("stronger", "weaker", "strongest", "weakest"), ("richer", "poorer", "richest", "poorest"),
+          ("bigger", "smaller", "biggest", "smallest")]
+
+
+def logic_syllogism(rng: random.Random) -> Doc:
+    if rng.random() < 0.2:  # true statements about real categories (few: most are dropped as duplicates)
+        chain = rng.choice(CHAINS)
+        i = rng.randrange(len(chain) - 2)
+        a, b, c = chain[i], chain[i + 1], chain[rng.randrange(i + 2, len(chain))]
+        real = True
+    else:  # made-up words: only the form of the argument can decide the conclusion
+        a, b, c = (made_up_plural(rng) for _ in range(3))
+        real = False
+    if rng.random() < 0.6 or real:
+        premises, conclusion = f"All {a} are {b}. All {b} are {c}.", f"All {a} are {c}."
+    else:
+        premises, conclusion = f"All {a} are {b}. No {b} are {c}.", f"No {a} are {c}."
+    return "Logic", format_prompt_response("Logic", f"Premises: {premises}", f"Conclusion: {conclusion}")
+
+
+def logic_conditional(rng: random.Random) -> Doc:
+    fill = dict(n=name(rng), c=name(rng))
+    p, q, not_q, not_p = (x.format(**fill) for x in rng.choice(CONDITIONALS))
+    if rng.random() < 0.5:
+        premises, conclusion = f"If {p}, then {q}. We know that {p}.", f"Therefore, {q}."
+    else:
+        premises, conclusion = f"If {p}, then {q}. We know that {not_q}.", f"Therefore, {not_p}."
+    return "Logic", format_prompt_response("Logic", f"Premises: {premises}", f"Conclusion: {conclusion}")
+
+
+def logic_order(rng: random.Random) -> list[Doc]:
+    """Pairwise comparisons of 3-5 people in random order and wording, asked who is the most and who the
+    least (two documents), sometimes also whether one is more than another."""
+    more, less, most, least = rng.choice(ORDERS)
+    people = names(rng, rng.choice([3, 3, 4, 4, 5]))  # people[0] is the most, people[-1] the least
+    facts = [f"{x} is {more} than {y}." if rng.random() < 0.5 else f"{y} is {less} than {x}."
+             for x, y in zip(people, people[1:])]
+    rng.shuffle(facts)
+    premises = f"Premises: {' '.join(facts)}\nQuestion: "
+    qa = [(f"Who is the {most}?", f"{people[0]} is the {most}."), (f"Who is the {least}?", f"{people[-1]} is the {least}.")]
+    if rng.random() < 0.3:
+        i, j = rng.sample(range(len(people)), 2)
+        yes = i < j
+        qa.append((f"Is {people[i]} {more} than {people[j]}?",
+                   f"{'Yes' if yes else 'No'}, {people[i]} is {more if yes else less} than {people[j]}."))
+    return [("Logic", format_prompt_response("Logic", premises + q, f"Conclusion: {a}")) for q, a in qa]
+
+
+# ----------------------------------------------------------------------------- [Roleplay]
+
+CHARACTERS = [("a wizard", "the Tower of Stars", "wise and patient"), ("a pirate captain", "the ship Sea Fox", "loud and cheerful"),
+              ("a knight", "the castle of Elmwood", "brave and polite"), ("a detective", "the foggy city of Greyport", "sharp and curious"),
+              ("a baker", "a small village bakery", "warm and funny"), ("a space explorer", "the station Orion Seven", "calm and precise"),
+              ("a dragon", "a mountain cave", "proud but kind"), ("a librarian", "the Great Library", "quiet and helpful"),
+              ("a ship's robot", "the cargo ship Vega", "logical and friendly"), ("an innkeeper", "the Silver Lantern Inn", "chatty and generous")]
+ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are in {place}."),
+        ("What do you do here?", "I am {role}. This is where I live and work."),
+        ("How would you describe yourself?", "People say I am {trait}."),
+        ("Can you help me?", "Of course. As {role}, I will do what I can for you."),
+        ("Goodbye!", "Farewell, traveler. Come back to {place} any time.")]
+
+
+def roleplay(rng: random.Random) -> Doc:
+    role, place, trait = rng.choice(CHARACTERS)
+    who, user = names(rng, 2)
+    turns = [("Hello!", "Greetings! I am {name}, {role}. Welcome to {place}.")] + rng.sample(ASKS, rng.randint(2, 4))
+    fill = dict(name=who, role=role, place=place, trait=trait)
+    if rng.random() < 0.5:
+        text = f"<|system|>Enter roleplay mode. You are {who}, {role} in {place}. You are {trait}."
+        text += "".join(f"<|user|>{u}<|model|>{m.format(**fill)}" for u, m in turns)
+    else:
+        text = f"{user} meets {who}, {role}, in {place}.\n"
+        text += "\n".join(f"{user}: {u}\n{who}: {m.format(**fill)}" for u, m in turns)
+    return "Roleplay", format_doc("Roleplay", text)
+
+
+# ----------------------------------------------------------------------------- [Excerpt]
+
+# (sentence, [(question, answer)]): {n} a person, {p} a place, {y} a year, {k} a count, the rest drawn below
+FACTS = [
+    ("{n} moved to {p} in {y}.", [("In which year did {n} move to {p}?", "{y}"), ("When did {n} move to {p}?", "{y}"),
+                                  ("Where did {n} move in {y}?", "{p}"), ("Who moved to {p} in {y}?", "{n}")]),
+    ("{n} was born in {p} in {y}.", [("In which year was {n} born?", "{y}"), ("When was {n} born?", "{y}"),
+                                     ("Where was {n} born?", "{p}")]),
+    ("In {y}, {n} opened a {shop} in {p}.", [("In which year did {n} open the {shop}?", "{y}"),
+                                            ("Where did {n} open a {shop}?", "{p}"), ("What did {n} open in {y}?", "a {shop}")]),
+    ("{n} has {k} {item}.", [("How many {item} does {n} have?", "{k}")]),
+    ("{n} lived with {k} {pet} in a small house near the river.", [("How many {pet} did {n} have?", "{k}"),
+                                                                  ("How many {pet} did {n} live with?", "{k}")]),
+    ("{n} worked as a {job} for {k} years.", [("What was {n}'s job?", "a {job}"), ("What did {n} work as?", "a {job}"),
+                                             ("For how many years did {n} work as a {job}?", "{k}")]),
+    ("{n} wrote {k} books about {topic}.", [("How many books did {n} write?", "{k}"), ("What did {n} write about?", "{topic}")]),
+    ("{n} visited {p} {k} times.", [("How many times did {n} visit {p}?", "{k}"), ("Which place did {n} visit?", "{p}")]),
+    ("The {building} in {p} was built in {y} and has {k} {parts}.",
+     [("When was the {building} built?", "{y}"), ("In which year was the {building} in {p} built?", "{y}"),
+      ("How many {parts} does the {building} have?", "{k}"), ("Where is the {building}?", "in {p}")]),
+]
+
+
+def excerpt(rng: random.Random) -> list[Doc]:
+    """A short text of two or three facts about one or two people, with its own years and counts, asked
+    two questions (two documents): the answer is a span of the text, found by what the question names."""
+    people = names(rng, rng.randint(1, 2))
+    chosen = rng.sample(FACTS, rng.randint(2, 3))
+    sentences, questions = [], []
+    for sentence, qs in chosen:
+        building, parts = rng.choice(BUILDINGS)
+        fill = dict(n=rng.choice(people), p=name(rng), y=rng.randint(1000, 2099), k=rng.randint(2, 99),
+                    item=rng.choice(ITEMS), pet=rng.choice(PETS), job=rng.choice(JOBS), shop=rng.choice(SHOPS),
+                    topic=rng.choice(TOPICS), building=building, parts=parts)
+        sentences.append(sentence.format(**fill))
+        questions += [(q.format(**fill), a.format(**fill)) for q, a in qs]
+    text = " ".join(sentences)
+    if len(people) == 1:
+        questions.append(("Who is this text about?", people[0]))
+    questions.append(("Repeat the first sentence.", sentences[0]))  # every token a copy: teaches induction
+    picked = rng.sample(questions, 2)
+    return [("Excerpt", format_excerpt(f"{text}\nQuestion: {q}", a)) for q, a in picked]
+
+
+WORDS = ["river", "green", "seven", "window", "quiet", "stone", "market", "blue", "under", "bright", "paper",
+         "garden", "slowly", "north", "silver", "bread", "open", "little", "winter", "road", "morning", "lamp"]
+
+
+def excerpt_copy(rng: random.Random) -> Doc:
+    """A list of unrelated names, words and numbers, repeated: every response token can only be copied from
+    the text, the densest signal there is for the look-back-and-copy that every other question needs."""
+    pieces = [rng.choice((name, lambda r: r.choice(WORDS), lambda r: str(r.randint(0, 2099))))(rng)
+              for _ in range(rng.randint(4, 16))]
+    text = " ".join(pieces)
+    return "Excerpt", format_excerpt(f"{text}\nQuestion: Repeat the text.", text)
+
+
+# ----------------------------------------------------------------------------- [Code]
+
+VARS = ["x", "n", "value", "num", "amount"]
+# (docstring, function name, arguments, body): {a} a number argument, {k} a constant
+FUNCTIONS = [
+    ("Return {a} multiplied by {k}.", "scale_by_{k}", "{a}", "return {a} * {k}"),
+    ("Return {a} plus {k}.", "plus_{k}", "{a}", "return {a} + {k}"),
+    ("Return {a} minus {k}.", "minus_{k}", "{a}", "return {a} - {k}"),
+    ("Return the square of {a}.", "square", "{a}", "return {a} * {a}"),
+    ("Return True if {a} is even, else False.", "is_even", "{a}", "return {a} % 2 == 0"),
+    ("Return True if {a} is greater than {k}, else False.", "above_{k}", "{a}", "return {a} > {k}"),
+    ("Return the absolute value of {a}.", "magnitude", "{a}", "if {a} < 0:\n        return -{a}\n    return {a}"),
+    ("Return the sum of the numbers in the list items.", "total", "items", "return sum(items)"),
+    ("Return the number of items in the list items.", "count_items", "items", "return len(items)"),
+    ("Return the string text in upper case.", "shout", "text", "return text.upper()"),
+    ("Return the first {k} characters of the string text.", "head_{k}", "text", "return text[:{k}]"),
+    ("Return the larger of a and b.", "larger", "a, b", "if a > b:\n        return a\n    return b"),
+    ("Return a list of the numbers from 0 to {k}.", "numbers_to_{k}", "", "return list(range({k} + 1))"),
+    ("Return the list items with every number doubled.", "doubled", "items", "return [v * 2 for v in items]"),
+    ("Return the sum of the numbers from 1 to {a}.", "sum_to", "{a}",
+     "total = 0\n    for i in range(1, {a} + 1):\n        total += i\n    return total"),
+    ("Return how many times the character c occurs in the string text.", "count_char", "text, c",
+     "return text.count(c)"),
+    ("Return the average of the numbers in the list items, or 0 if it is empty.", "average", "items",
+     "if not items:\n        return 0\n    return sum(items) / len(items)"),
+    ("Return the string text reversed.", "backwards", "text", "return text[::-1]"),
+    ("Return a greeting for the person called name.", "greet", "name", "return 'Hello, ' + name + '!'"),
+    ("Return the numbers in the list items that are greater than {k}.", "over_{k}", "items",
+     "return [v for v in items if v > {k}]"),
+]
+
+
+def code_small(rng: random.Random) -> Doc:
+    """A short function from its docstring, in the `[Code] DOCSTRING\\n\\nCODE` layout of the stdlib ones."""
+    doc, fname, args, body = rng.choice(FUNCTIONS)
+    fill = dict(a=rng.choice(VARS), k=rng.randint(2, 12))
+    return "Code", format_doc("Code", f"{doc.format(**fill)}\n\ndef {fname.format(**fill)}({args.format(**fill)}):\n"
+                                      f"    {body.format(**fill)}")
+
+
+GENERATORS = {"math_facts": math_facts, "math_drill": math_drill, "math_fewshot": math_fewshot,
+              "math_word": math_word, "math_expr": math_expr, "logic_syllogism": logic_syllogism,
+              "logic_conditional": logic_conditional, "logic_order": logic_order, "roleplay": roleplay,
+              "excerpt": excerpt, "excerpt_copy": excerpt_copy, "code_small": code_small}

@@ -1,0 +1,77 @@
+"""data/mini_generators.py: every answer can be read from its prompt, sums are right, code parses, and the
+items eval.py holds out never appear."""
+
+import ast
+import re
+
+from data import mini_generators as g
+from helpers import generated_texts
+from tags import response_start
+
+
+def prompt_and_answer(text: str) -> tuple[str, str]:
+    start = response_start(text)
+    assert start, f"no prompt/response split: {text!r}"
+    return text[:start], text[start:].strip()
+
+
+def test_excerpt_answers_are_spans_of_their_text():
+    for text in generated_texts("excerpt", 200):
+        prompt, answer = prompt_and_answer(text)
+        body = prompt.split("\nQuestion:")[0]
+        assert answer.removeprefix("a ").removeprefix("in ") in body, text
+
+
+def test_ordering_answers_name_the_right_person_from_the_premises():
+    for text in generated_texts("logic_order", 150):
+        prompt, answer = prompt_and_answer(text)
+        facts = re.findall(r"(\w+) is (\w+) than (\w+)\.", prompt.split("\nQuestion:")[0])
+        order = next(o for o in g.ORDERS if all(r in o[:2] for _, r, _ in facts))  # (more, less, most, least)
+        above = {(x, y) if r == order[0] else (y, x) for x, r, y in facts}  # (higher, lower)
+        people = {p for pair in above for p in pair}
+        top = [p for p in people if not any(lo == p for _, lo in above)]
+        bottom = [p for p in people if not any(hi == p for hi, _ in above)]
+        who = re.match(r"Conclusion: (\w+) is the (\w+)\.$", answer)
+        if who:  # who is the most / the least
+            assert len(top) == len(bottom) == 1
+            assert who.group(1) == (top[0] if who.group(2) == order[2] else bottom[0]), text
+        else:
+            assert re.match(r"Conclusion: (Yes|No), ", answer), text
+
+
+def test_sums_and_word_problems_are_right():
+    lines = [line for name in ("math_facts", "math_drill", "math_fewshot") for t in generated_texts(name, 200)
+             for line in re.split(r"\n| (?=\d+[+*]\d+=)", t.removeprefix("[Math] "))]
+    checked = 0
+    for line in lines:
+        m = re.fullmatch(r"(\d+) ?([-+*/]) ?(\d+) ?= ?(\d+)", line.strip())
+        if m:
+            a, op, b, c = m.groups()
+            assert eval(f"{a}{op}{b}") == int(c), line
+            checked += 1
+    assert checked > 2000
+    for text in generated_texts("math_word", 200):
+        prompt, answer = prompt_and_answer(text)
+        a, op, b, c = re.match(r"Answer: (\d+) ([-+]) (\d+) = (\d+)\. The answer is \4\.$", answer).groups()
+        assert eval(f"{a}{op}{b}") == int(c) and a in prompt and b in prompt, text
+
+
+def test_every_single_digit_sum_is_drilled_and_never_opens_a_document_spaced():
+    texts = generated_texts("math_facts", 600)
+    sums = set(re.findall(r"\b(\d) ?\+ ?(\d) ?= ?\d+", "\n".join(texts)))
+    assert len(sums) == 100
+    assert not any(re.match(r"\[Math\] \d \+ \d =", t) for t in texts)
+
+
+def test_generated_code_parses():
+    for text in generated_texts("code_small", 100):
+        doc, code = text.removeprefix("[Code] ").split("\n\n", 1)
+        tree = ast.parse(code)
+        assert isinstance(tree.body[0], ast.FunctionDef) and doc.endswith(".")
+
+
+def test_names_come_from_a_wide_pool():
+    texts = generated_texts("logic_order", 200) + generated_texts("excerpt", 200)
+    people = set(re.findall(r"\b[A-Z][a-z]+\b", " ".join(texts))) - {"Premises", "Question", "Conclusion", "Who",
+                                                                      "Excerpt", "Response", "Logic", "Yes", "No"}
+    assert len(people) > 300 and len(g.proper_nouns()) > 3000
