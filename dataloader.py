@@ -85,12 +85,19 @@ class TaggedData:
 
 
 class TrainSampler:
-    """Random training windows, drawn a whole iteration at a time (see the module docstring)."""
+    """Random training windows, drawn a whole iteration at a time (see the module docstring).
 
-    def __init__(self, n_tokens: int, block_size: int, batch_size: int, micro_steps: int, seed: int):
+    With a Curriculum, the first `curriculum.iters` iterations draw every window from the curriculum's
+    documents (their tokens, uniformly), and the remaining iterations draw from them less often than their
+    share, so that over max_iters each document is as likely to be seen as without a curriculum: the order
+    changes, the mixture does not."""
+
+    def __init__(self, n_tokens: int, block_size: int, batch_size: int, micro_steps: int, seed: int,
+                 curriculum: "Curriculum | None" = None):
         self.n_tokens, self.block_size = n_tokens, block_size
         self.batch_size, self.micro_steps = batch_size, micro_steps
         self.generator = torch.Generator().manual_seed(seed)
+        self.curriculum = curriculum
         self.iterations = 0  # iterations drawn so far, for the fraction of an epoch seen
 
     def next_iteration(self) -> np.ndarray:
@@ -98,7 +105,13 @@ class TrainSampler:
         # a window is block_size + 1 tokens, so the last offset that fits is n_tokens - block_size - 1; randint's
         # bound is exclusive, so that offset + 1 (one less would never train on the split's last token)
         high = self.n_tokens - self.block_size
-        offsets = torch.randint(high, (self.micro_steps, self.batch_size), generator=self.generator)
+        shape = (self.micro_steps, self.batch_size)
+        offsets = torch.randint(high, shape, generator=self.generator)
+        if self.curriculum is not None:
+            c = self.curriculum
+            inside = torch.rand(shape, generator=self.generator) < c.focus_probability(self.iterations)
+            u = torch.rand(shape, generator=self.generator).numpy()
+            offsets = torch.from_numpy(np.where(inside.numpy(), c.focus.draw(u), c.rest.draw(u)).clip(0, high - 1))
         self.iterations += 1
         return offsets.numpy()
 
@@ -111,6 +124,42 @@ class TrainSampler:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.iterations = int(state["iterations"])
+
+
+class TokenRanges:
+    """Some documents of a split as token ranges; draw() maps uniform numbers to token positions in them."""
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray):
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.cum = np.cumsum(np.asarray(ends, dtype=np.int64) - self.starts)
+        self.tokens = int(self.cum[-1]) if len(self.cum) else 0
+
+    def draw(self, u: np.ndarray) -> np.ndarray:
+        k = np.minimum((u * self.tokens).astype(np.int64), max(self.tokens - 1, 0))
+        doc = np.searchsorted(self.cum, k, side="right")
+        return self.starts[np.minimum(doc, len(self.starts) - 1)] + k - np.where(doc > 0, self.cum[doc - 1], 0)
+
+
+class Curriculum:
+    """The documents of some tags first: `iters` iterations on them alone, then the rest of the run on the
+    others at a raised rate, so that each tag keeps its share of the windows over `max_iters`."""
+
+    def __init__(self, data: TaggedData, tags: list[str], iters: int, max_iters: int):
+        index = data.index["train"]
+        starts = np.asarray(index["start"], dtype=np.int64)
+        ends = np.append(starts[1:], len(data.tokens["train"]))
+        chosen = np.isin(np.asarray(index["tag_id"]), [data.tags.index(t) for t in tags if t in data.tags])
+        if not chosen.any() or chosen.all():
+            raise UserError(f"curriculum_tags={','.join(tags)}: the dataset has {'none' if not chosen.any() else 'only'}"
+                            f" of them; give tags some but not all of its documents have ({', '.join(data.tags)})")
+        self.focus, self.rest = TokenRanges(starts[chosen], ends[chosen]), TokenRanges(starts[~chosen], ends[~chosen])
+        self.share = self.focus.tokens / (self.focus.tokens + self.rest.tokens)
+        # the focus phase may not take more than the focus tags' whole share of the run
+        self.iters = min(iters, int(self.share * max_iters))
+        self.later = (self.share * max_iters - self.iters) / max(max_iters - self.iters, 1)
+
+    def focus_probability(self, iteration: int) -> float:
+        return 1.0 if iteration < self.iters else self.later
 
 
 LOSS_ON = ("all", "response")

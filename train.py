@@ -31,7 +31,8 @@ import memory
 import optimizers
 from checkpoint import best_path, checkpoint_path, init_model, save_checkpoint
 from configurator import configure
-from dataloader import EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
+from tags import check_tag
+from dataloader import Curriculum, EvalBatches, TaggedData, TrainBatches, TrainSampler, open_dataset
 from errors import UserError, run_main
 from logger import RunLogger
 from kernels import cpu_kernels_pay_off
@@ -57,6 +58,8 @@ gradient_accumulation_steps = 1  # micro-steps per iteration, over all processes
 batch_size = 8  # micro-batch size per process
 block_size = 256
 loss_on = "all"  # all: every token; response: only responses where documents record a prompt/response split
+curriculum_tags = ""  # e.g. "Math,Logic,Excerpt": train on these tags' documents first (each tag keeps its share)
+curriculum_iters = 0  # iterations at the start that draw only from curriculum_tags
 # model (scratch only; pretrained and resumed models bring their own shape)
 n_layer = 6
 n_head = 6
@@ -217,7 +220,15 @@ def main() -> None:
     optimizer = optimizers.build(raw_model, config["optimizer"], weight_decay, learning_rate, (beta1, beta2),
                                  device_type)
     scaler = hardware.grad_scaler(dev, dtype_name)
-    sampler = TrainSampler(len(data.tokens["train"]), run_block_size, batch_size, gradient_accumulation_steps, seed)
+    curriculum = None
+    if curriculum_iters > 0 and curriculum_tags:
+        curriculum = Curriculum(data, [check_tag(t, "curriculum_tags") for t in curriculum_tags.split(",")],
+                                curriculum_iters, max_iters)
+        if master:
+            print(f"curriculum: iterations 0-{curriculum.iters - 1} draw only from {curriculum_tags} "
+                  f"({curriculum.share:.0%} of the tokens), later ones from them with probability {curriculum.later:.2f}")
+    sampler = TrainSampler(len(data.tokens["train"]), run_block_size, batch_size, gradient_accumulation_steps, seed,
+                           curriculum)
     iter_num, best_val_loss = 0, float("inf")
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -352,6 +363,7 @@ def main() -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=dev)
+            head_rows = 0  # positions the LM head ran on, for MFU: the fused CPU head skips ignored targets
             for micro_step, (x, y) in enumerate(train_batches.iteration()):
                 # DDP: all-reduce gradients only once, after the last micro-step's backward
                 last = micro_step == micro_steps - 1
@@ -360,6 +372,7 @@ def main() -> None:
                         _, loss = model(x, y, cpu_kernels=cpu_kernels)
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
+                head_rows += int((y >= 0).sum()) if cpu_kernels and loss_on == "response" else y.numel()
             scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
             due = float(master and not always_save_checkpoint and time.time() - last_save[0] >= checkpoint_interval)
@@ -393,7 +406,8 @@ def main() -> None:
             dt, t0 = t1 - t0, t1
             if master and iter_num % log_interval == 0:
                 peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
-                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops)
+                mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops,
+                                             head_fraction=head_rows / (batch_size * micro_steps * run_block_size))
                 peak_memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
                                if device_type == "cuda" else "")
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
