@@ -282,20 +282,23 @@ class GPT(nn.Module):
         ]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type in ("cuda", "cpu"))
 
-    def flops_per_token(self) -> int:
-        """Training FLOPs (forward + backward) per token, as in the PaLM paper's appendix B."""
+    def flops_per_token(self, head_fraction: float = 1.0) -> float:
+        """Training FLOPs (forward + backward) per token, as in the PaLM paper's appendix B. head_fraction:
+        the share of positions the LM head runs on (the CPU path skips those loss_on='response' ignores)."""
         cfg = self.config
         head_dim = cfg.n_embd // cfg.n_head
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_head * head_dim * cfg.block_size
+        skipped_head = cfg.vocab_size * cfg.n_embd * (1.0 - head_fraction)
+        return 6 * (self.get_num_params() - skipped_head) + 12 * cfg.n_layer * cfg.n_head * head_dim * cfg.block_size
 
     def estimate_mfu(self, fwdbwd_per_iter: int, dt: float, device: str | torch.device = "cuda",
-                     dtype: torch.dtype = torch.bfloat16, peak_flops: float | None = None) -> float | None:
+                     dtype: torch.dtype = torch.bfloat16, peak_flops: float | None = None,
+                     head_fraction: float = 1.0) -> float | None:
         """Model FLOPs utilization: achieved FLOP/s over the peak of the device in use for this dtype.
         peak_flops overrides the lookup; returns None when the peak is unknown."""
         peak = peak_flops or hardware.device_peak_flops(device, dtype)
         if not peak:
             return None
-        flops_per_iter = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        flops_per_iter = self.flops_per_token(head_fraction) * self.config.block_size * fwdbwd_per_iter
         return flops_per_iter / dt / peak
 
     # ---- generation ------------------------------------------------------------------------------------

@@ -302,6 +302,11 @@ def test_mfu_uses_the_given_or_known_peak():
     assert device_peak_flops("cpu", torch.bfloat16) is None
     assert model.estimate_mfu(4, dt=1.0, device="cpu") is None
     assert measure_peak_flops("cpu", torch.float32, n=128, repeats=2, min_seconds=0) > 0
+    # loss_on='response' on the CPU runs the LM head on the trained positions only: MFU counts what ran
+    cfg = model.config
+    head = 6 * cfg.vocab_size * cfg.n_embd
+    assert model.flops_per_token(0.25) == pytest.approx(model.flops_per_token() - 0.75 * head)
+    assert model.estimate_mfu(4, 1.0, peak_flops=flops, head_fraction=0.25) < 1.0
 
 
 def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
