@@ -6,7 +6,8 @@
 Sized for the clock, not for quality: 4 layers x 256 wide (16M parameters, 13M of them the token embedding
 that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 600 steps: about 2.5M
 tokens, roughly half of data/mini. That is enough to learn each tag's format (the arithmetic drills, the
-Q/A layout, code shape), which is what tag-following means at this size; it will not learn facts.
+Q/A layout, code shape); the skills themselves (sums, reading a fact or a name from the prompt) mostly not
+yet: docs/capability.md has what each lever tried gave (completion-only loss, smaller steps, a curriculum).
 bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
 """
 
