@@ -106,14 +106,15 @@ class TrainSampler:
         # bound is exclusive, so that offset + 1 (one less would never train on the split's last token)
         high = self.n_tokens - self.block_size
         shape = (self.micro_steps, self.batch_size)
-        offsets = torch.randint(high, shape, generator=self.generator)
-        if self.curriculum is not None:
+        if self.curriculum is None:
+            offsets = torch.randint(high, shape, generator=self.generator).numpy()
+        else:
             c = self.curriculum
             inside = torch.rand(shape, generator=self.generator) < c.focus_probability(self.iterations)
             u = torch.rand(shape, generator=self.generator).numpy()
-            offsets = torch.from_numpy(np.where(inside.numpy(), c.focus.draw(u), c.rest.draw(u)).clip(0, high - 1))
+            offsets = np.where(inside.numpy(), c.focus.draw(u), c.rest.draw(u)).clip(0, high - 1)
         self.iterations += 1
-        return offsets.numpy()
+        return offsets
 
     def epochs(self) -> float:
         return self.iterations * self.micro_steps * self.batch_size * self.block_size / self.n_tokens
