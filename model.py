@@ -143,6 +143,42 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @torch.no_grad()
+    def init_offset_heads(self, offsets: list[int], n_freq: int = 32, amplitude: float = 0.1) -> None:
+        """Start layer 0's first heads attending `offsets` tokens back (1: the previous token), for a model
+        trained from scratch. `3+4=` needs the operands 1 and 3 tokens back and copying from the prompt needs a
+        previous-token head; a fresh model with learned positions finds these only after a long loss plateau
+        (docs/capability.md: 10 % vs 100 % of the single-digit sums after 250 steps). Plain GPT-2 weights, so
+        export and loading are unchanged: position p gets sinusoids at n_freq random frequencies in (0, pi)
+        in the last 2*n_freq dims of wpe, head h's keys read them as they are and its queries rotated back by
+        offsets[h], so q_i . k_j = sum over frequencies of cos(w (i - offsets[h] - j)): a sharp peak at
+        j = i - offsets[h] and no other (random frequencies do not alias). Values stay random; training
+        takes it from there."""
+        C, hd = self.config.n_embd, self.config.n_embd // self.config.n_head
+        n_freq = min(n_freq, hd // 2, C // 4)
+        if len(offsets) > self.config.n_head or any(not 0 < d < self.config.block_size for d in offsets):
+            raise UserError(f"offset_heads {offsets}: at most {self.config.n_head} offsets (layer 0's heads), "
+                            f"each between 1 and {self.config.block_size - 1}")
+        w = torch.rand(n_freq, generator=torch.Generator().manual_seed(0)) * math.pi
+        pos = torch.arange(self.config.block_size, dtype=torch.float)[:, None]
+        wpe, first = self.transformer.wpe.weight, C - 2 * n_freq
+        wpe[:, first:] = 0
+        wpe[:, first::2], wpe[:, first + 1::2] = amplitude * torch.sin(pos * w), amplitude * torch.cos(pos * w)
+        attn = self.transformer.h[0].attn.c_attn  # rows: queries | keys | values
+        for h, d in enumerate(offsets):
+            q, k = slice(h * hd, (h + 1) * hd), slice(C + h * hd, C + (h + 1) * hd)
+            for rows in (q, k):
+                attn.weight[rows] = 0
+                if attn.bias is not None:
+                    attn.bias[rows] = 0
+            for f in range(n_freq):  # (sin, cos) of w*j as keys; the same rotated by -w*d as queries
+                s, c = math.sin(w[f] * d), math.cos(w[f] * d)
+                ks, kc, qs, qc, i_s, i_c = (C + h * hd + 2 * f, C + h * hd + 2 * f + 1, h * hd + 2 * f,
+                                            h * hd + 2 * f + 1, first + 2 * f, first + 2 * f + 1)
+                attn.weight[ks, i_s] = attn.weight[kc, i_c] = 1.0
+                attn.weight[qs, i_s], attn.weight[qs, i_c] = c, -s
+                attn.weight[qc, i_c], attn.weight[qc, i_s] = c, s
+
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are left out by default (token embeddings count, as
         they are the LM head's weights too)."""

@@ -66,6 +66,7 @@ n_head = 6
 n_embd = 384
 dropout = 0.0
 bias = True
+offset_heads = ""  # e.g. "1,2,3": layer 0's first heads start out attending 1, 2, 3 tokens back (scratch only)
 gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower;
 # None: only where a step would not fit the device's memory without it (hardware.pick_activation_checkpointing)
 # LoRA (lora.py): train low-rank adapters on a frozen base instead of every weight
@@ -180,10 +181,16 @@ def main() -> None:
     torch.manual_seed(seed + rank)  # dropout differs per rank; DDP copies rank 0's initial weights to all
 
     # ---- data and model -------------------------------------------------------------------------------
+    try:  # layer-0 heads that start out attending this many tokens back (model.init_offset_heads)
+        offsets = [int(d) for d in str(offset_heads).split(",")] if offset_heads else []
+    except ValueError:
+        raise UserError(f"offset_heads must be comma-separated token counts like 1,2,3, got {offset_heads!r}")
     scratch = GPTConfig(block_size=block_size, vocab_size=math.ceil(VOCAB_SIZE / 64) * 64,  # padded: runs faster
                         n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
     model, checkpoint = init_model(init_from, out_dir, scratch, dropout, block_size, training=True)
     run_block_size = model.config.block_size  # a resumed run keeps its checkpoint's
+    if offsets and init_from == "scratch":  # like the shape, it means nothing to trained weights
+        model.init_offset_heads(offsets)
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
     if ddp and local_rank != 0:

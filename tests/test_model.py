@@ -333,3 +333,30 @@ def test_from_pretrained_errors_are_one_line(tmp_path):
 def test_config_round_trips_through_dict():
     model = small_model()
     assert GPT(GPTConfig(**asdict(model.config))).config == model.config
+
+
+@pytest.mark.parametrize("offsets", [[1, 2, 3], [1, 5]])
+def test_offset_heads_attend_their_offset_back(offsets):
+    """A fresh model's layer-0 heads, once init_offset_heads has set them, put nearly all attention d tokens
+    back at every position that has one; plain GPT-2 weights otherwise (same state-dict keys and shapes)."""
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=128, dropout=0.0)
+    model = GPT(config)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    model.init_offset_heads(offsets)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+    idx = prompt(64, batch=2) % 512
+    with torch.no_grad():
+        x = model.transformer.h[0].ln_1(model.transformer.wte(idx) + model.transformer.wpe(torch.arange(64)))
+        q, k, _ = model.transformer.h[0].attn.c_attn(x).split(128, dim=2)
+        hd = 32
+        for h, d in enumerate(offsets):
+            scores = q[..., h * hd:(h + 1) * hd] @ k[..., h * hd:(h + 1) * hd].transpose(1, 2) / hd ** 0.5
+            scores = scores.masked_fill(torch.ones(64, 64).triu(1).bool(), float("-inf"))
+            probs = scores.softmax(-1)[:, d:]  # positions with a token d back
+            back = probs.gather(-1, (torch.arange(d, 64) - d).expand(2, -1)[..., None]).squeeze(-1)
+            assert back.min() > 0.9, (d, back.min())
+    with pytest.raises(UserError, match="at most 4 offsets"):
+        model.init_offset_heads([1, 2, 3, 4, 5])
+    with pytest.raises(UserError, match="between 1 and 63"):
+        model.init_offset_heads([0])

@@ -339,6 +339,8 @@ def test_fp16_run_whose_every_step_overflows_stops(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("args, phrases", [
     (["--eval_iters=0"], ["eval_iters=0 must be at least 1"]),
+    (["--offset_heads=1,two"], ["offset_heads must be comma-separated token counts"]),
+    (["--offset_heads=1,9999"], ["offset_heads [1, 9999]: at most", "each between 1 and"]),
     (["--init_from=/a/path/that/does/not/exist"], ["init_from=/a/path/that/does/not/exist: no such directory"])])
 def test_settings_that_cannot_run_are_one_line(tmp_path, tiny_data, args, phrases):
     result = run_train(tmp_path, f"--dataset={tiny_data}", *args, check=False)
