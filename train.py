@@ -185,11 +185,12 @@ def main() -> None:
         offsets = [int(d) for d in str(offset_heads).split(",")] if offset_heads else []
     except ValueError:
         raise UserError(f"offset_heads must be comma-separated token counts like 1,2,3, got {offset_heads!r}")
+    offsets = offsets if init_from == "scratch" else []  # like the shape, it means nothing to trained weights
     scratch = GPTConfig(block_size=block_size, vocab_size=math.ceil(VOCAB_SIZE / 64) * 64,  # padded: runs faster
                         n_layer=n_layer, n_head=n_head, n_embd=n_embd, dropout=dropout, bias=bias)
     model, checkpoint = init_model(init_from, out_dir, scratch, dropout, block_size, training=True)
     run_block_size = model.config.block_size  # a resumed run keeps its checkpoint's
-    if offsets and init_from == "scratch":  # like the shape, it means nothing to trained weights
+    if offsets:
         model.init_offset_heads(offsets)
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
@@ -212,7 +213,8 @@ def main() -> None:
     if master:
         print(f"{world_size} process(es) on {dev}, precision {dtype_name} ({why})")
         print(f"model: {raw_model.get_num_params() / 1e6:.1f}M parameters, {raw_model.config.n_layer} layers, "
-              f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}")
+              f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}"
+              + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else ""))
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
