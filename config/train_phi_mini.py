@@ -5,10 +5,11 @@
 
 Sized for the clock, not for quality: 4 layers x 256 wide (16M parameters, 13M of them the token embedding
 that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 600 steps: about 2.5M
-tokens, roughly half of data/mini. Three of layer 0's heads start out looking 1, 2 and 3 tokens back
-(offset_heads): `3+4=` needs exactly that, and a fresh model otherwise spends most of these 600 steps on a
-loss plateau before it finds them. With them it gets most single-digit sums right; reading names and facts
-out of a longer prompt it does not learn in this budget (docs/capability.md has every lever measured).
+tokens, roughly half of data/mini. Layer 0's four heads start out looking 1, 2, 3 and 4 tokens back
+(offset_heads): `3+4=` needs the operands 1 and 3 back, `... 23+1=24 24+1=` the last answer 4 back, and a fresh
+model otherwise spends most of these 600 steps on a loss plateau before it finds them. With them it gets most
+single-digit sums and few-shot lines right; reading names and facts out of a longer prompt it does not learn
+in this budget (docs/capability.md has every lever measured).
 bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
 """
 
@@ -20,7 +21,7 @@ n_layer = 4
 n_head = 4
 n_embd = 256
 dropout = 0.0  # well under one epoch: nothing to regularize
-offset_heads = "1,2,3"  # layer 0's heads 0-2 start attending 1, 2, 3 tokens back (model.init_offset_heads)
+offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
 block_size = 256
 batch_size = 16
 gradient_accumulation_steps = 1

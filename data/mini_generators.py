@@ -117,7 +117,10 @@ def math_facts(rng: random.Random) -> Doc:
     if spaced:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         lines.insert(0, equation(a + b, "-", a, True))
-    return "Math", format_doc("Math", "\n".join(lines))
+    # after a newline a sum starts with `3`, after `, ` with ` 3`, as in a prompt `[Math] 3 + 4 =`: GPT-2
+    # tokens differ, and a table drilled with one is not known with the other (measured: spaced prompts
+    # came out one too high where the compact ones were right)
+    return "Math", format_doc("Math", rng.choice(["\n", ", ", "; "]).join(lines))
 
 
 def two_numbers(rng: random.Random) -> tuple[int, int]:
@@ -155,12 +158,14 @@ def fewshot_start_held_out(k: int) -> bool:
 
 
 def math_fewshot(rng: random.Random) -> Doc:
-    """A pattern continued term by term: doubling, +1, +c, times c, counting by c."""
+    """A pattern continued term by term: doubling, +1 and +c most often (eval.py's few-shot kinds), times c and
+    counting (by c) less. The separator varies with the tokens kept (`24+1=` follows ` `, `, `, `; ` or ` | `
+    as the same tokens), so one table of number facts is drilled in more documents that are not duplicates."""
     n, c = rng.randint(3, 10), rng.randint(2, 9)
     k = rng.randint(1, 60)
     while fewshot_start_held_out(k):
         k = rng.randint(1, 60)
-    kind = rng.randrange(6)
+    kind = rng.choices(range(6), weights=[3, 3, 3, 1, 1, 1])[0]
     if kind == 0:
         terms = [f"{i}+{i}={2 * i}" for i in range(k, k + n)]
     elif kind == 1:
@@ -173,7 +178,8 @@ def math_fewshot(rng: random.Random) -> Doc:
         terms = [", ".join(str(c * i) for i in range(k, k + n))]
     else:
         terms = [", ".join(str(i) for i in range(k, k + n))]
-    return "Math", format_doc("Math", " ".join(terms))
+    sep = rng.choice([" ", " ", ", ", "; ", " | "])
+    return "Math", format_doc("Math", sep.join(terms))
 
 
 WORD = [  # (question, operator): a is what there was, b what changed
@@ -357,42 +363,110 @@ def excerpt_copy(rng: random.Random) -> Doc:
 
 # ----------------------------------------------------------------------------- [Code]
 
-VARS = ["x", "n", "value", "num", "amount"]
-# (docstring, function name, arguments, body): {a} a number argument, {k} a constant
+NUM_ARGS = ["x", "n", "value", "num", "amount", "count", "size", "total", "score", "level", "width", "height",
+            "price", "age", "speed", "weight", "step", "limit", "number", "y"]
+STR_ARGS = ["text", "s", "word", "line", "name", "label", "title", "message", "phrase", "key"]
+LIST_ARGS = ["items", "values", "numbers", "data", "xs", "scores", "prices", "counts", "sizes", "weights"]
+WORD_LIST_ARGS = ["words", "names", "parts", "tags", "lines", "labels"]
+# (docstring, function names, arguments, body). {a} a number argument, {s} a string, {l} a list of numbers,
+# {w} a list of strings, {k} and {m}
+# constants: 2-12 or 100-999, never eval.py's 13-99, so a constant in a task's prompt has to be copied, not
+# recalled. Many families, argument names and constants keep the documents distinct (the writer drops
+# duplicates) and make short, well-formed bodies the usual shape of a [Code] function, not the stdlib's
+# long methods.
 FUNCTIONS = [
-    ("Return {a} multiplied by {k}.", "scale_by_{k}", "{a}", "return {a} * {k}"),
-    ("Return {a} plus {k}.", "plus_{k}", "{a}", "return {a} + {k}"),
-    ("Return {a} minus {k}.", "minus_{k}", "{a}", "return {a} - {k}"),
-    ("Return the square of {a}.", "square", "{a}", "return {a} * {a}"),
-    ("Return True if {a} is even, else False.", "is_even", "{a}", "return {a} % 2 == 0"),
-    ("Return True if {a} is greater than {k}, else False.", "above_{k}", "{a}", "return {a} > {k}"),
-    ("Return the absolute value of {a}.", "magnitude", "{a}", "if {a} < 0:\n        return -{a}\n    return {a}"),
-    ("Return the sum of the numbers in the list items.", "total", "items", "return sum(items)"),
-    ("Return the number of items in the list items.", "count_items", "items", "return len(items)"),
-    ("Return the string text in upper case.", "shout", "text", "return text.upper()"),
-    ("Return the first {k} characters of the string text.", "head_{k}", "text", "return text[:{k}]"),
-    ("Return the larger of a and b.", "larger", "a, b", "if a > b:\n        return a\n    return b"),
-    ("Return a list of the numbers from 0 to {k}.", "numbers_to_{k}", "", "return list(range({k} + 1))"),
-    ("Return the list items with every number doubled.", "doubled", "items", "return [v * 2 for v in items]"),
-    ("Return the sum of the numbers from 1 to {a}.", "sum_to", "{a}",
+    ("Return {a} multiplied by {k}.", ["scale_by_{k}", "multiply_by_{k}", "mul_{k}"], "{a}", "return {a} * {k}"),
+    ("Return {a} plus {k}.", ["plus_{k}", "increase_by_{k}", "shift_up_{k}"], "{a}", "return {a} + {k}"),
+    ("Return {a} minus {k}.", ["minus_{k}", "decrease_by_{k}", "shift_down_{k}"], "{a}", "return {a} - {k}"),
+    ("Return {a} divided by {k}, rounded down.", ["floor_div_{k}", "split_{k}_ways"], "{a}", "return {a} // {k}"),
+    ("Return the remainder of {a} divided by {k}.", ["mod_{k}", "remainder_{k}"], "{a}", "return {a} % {k}"),
+    ("Return {a} multiplied by {k}, plus {m}.", ["linear_{k}_{m}", "affine_{k}_{m}"], "{a}", "return {a} * {k} + {m}"),
+    ("Return {a} to the power of {k}.", ["power_{k}", "pow_{k}"], "{a}", "return {a} ** {k}"),
+    ("Return the square of {a}.", ["square", "squared"], "{a}", "return {a} * {a}"),
+    ("Return {a} doubled.", ["double", "twice"], "{a}", "return 2 * {a}"),
+    ("Return half of {a}.", ["half", "halve"], "{a}", "return {a} / 2"),
+    ("Return {a} with its sign flipped.", ["negate", "flip_sign"], "{a}", "return -{a}"),
+    ("Return True if {a} is even, else False.", ["is_even", "even"], "{a}", "return {a} % 2 == 0"),
+    ("Return True if {a} is odd, else False.", ["is_odd", "odd"], "{a}", "return {a} % 2 == 1"),
+    ("Return True if {a} is greater than {k}, else False.", ["above_{k}", "more_than_{k}"], "{a}",
+     "return {a} > {k}"),
+    ("Return True if {a} is less than {k}, else False.", ["below_{k}", "less_than_{k}"], "{a}", "return {a} < {k}"),
+    ("Return True if {a} equals {k}, else False.", ["is_{k}", "equals_{k}"], "{a}", "return {a} == {k}"),
+    ("Return True if {a} is a multiple of {k}, else False.", ["multiple_of_{k}", "in_steps_of_{k}"], "{a}",
+     "return {a} % {k} == 0"),
+    ("Return {a}, but never more than {k}.", ["cap_{k}", "at_most_{k}"], "{a}", "return min({a}, {k})"),
+    ("Return {a}, but never less than {k}.", ["floor_{k}", "at_least_{k}"], "{a}", "return max({a}, {k})"),
+    ("Return the absolute value of {a}.", ["magnitude", "absolute"], "{a}",
+     "if {a} < 0:\n        return -{a}\n    return {a}"),
+    ("Return 'big' if {a} is over {k}, else 'small'.", ["size_word_{k}", "big_or_small_{k}"], "{a}",
+     "if {a} > {k}:\n        return 'big'\n    return 'small'"),
+    ("Return the sum of the numbers from 1 to {a}.", ["sum_to", "triangle"], "{a}",
      "total = 0\n    for i in range(1, {a} + 1):\n        total += i\n    return total"),
-    ("Return how many times the character c occurs in the string text.", "count_char", "text, c",
-     "return text.count(c)"),
-    ("Return the average of the numbers in the list items, or 0 if it is empty.", "average", "items",
-     "if not items:\n        return 0\n    return sum(items) / len(items)"),
-    ("Return the string text reversed.", "backwards", "text", "return text[::-1]"),
-    ("Return a greeting for the person called name.", "greet", "name", "return 'Hello, ' + name + '!'"),
-    ("Return the numbers in the list items that are greater than {k}.", "over_{k}", "items",
-     "return [v for v in items if v > {k}]"),
+    ("Return the product of the numbers from 1 to {a}.", ["factorial", "product_to"], "{a}",
+     "result = 1\n    for i in range(2, {a} + 1):\n        result *= i\n    return result"),
+    ("Return a list of the numbers from 0 to {k}.", ["numbers_to_{k}", "range_to_{k}"], "",
+     "return list(range({k} + 1))"),
+    ("Return the first {k} multiples of {a}.", ["multiples_{k}", "first_{k}_multiples"], "{a}",
+     "return [{a} * i for i in range(1, {k} + 1)]"),
+    ("Return the larger of a and b.", ["larger", "bigger"], "a, b", "if a > b:\n        return a\n    return b"),
+    ("Return the smaller of a and b.", ["smaller", "lesser"], "a, b", "if a < b:\n        return a\n    return b"),
+    ("Return the sum of a and b.", ["add_two", "sum_of"], "a, b", "return a + b"),
+    ("Return a minus b.", ["difference", "subtract"], "a, b", "return a - b"),
+    ("Return the product of a and b, plus {k}.", ["product_plus_{k}", "mul_add_{k}"], "a, b", "return a * b + {k}"),
+    ("Return the sum of the numbers in the list {l}.", ["total", "sum_list"], "{l}", "return sum({l})"),
+    ("Return the number of items in the list {l}.", ["count_items", "length"], "{l}", "return len({l})"),
+    ("Return the largest number in the list {l}.", ["biggest", "list_max"], "{l}", "return max({l})"),
+    ("Return the smallest number in the list {l}, or {k} if it is empty.", ["smallest_or_{k}", "min_or_{k}"],
+     "{l}", "if not {l}:\n        return {k}\n    return min({l})"),
+    ("Return the average of the numbers in the list {l}, or 0 if it is empty.", ["average", "mean"], "{l}",
+     "if not {l}:\n        return 0\n    return sum({l}) / len({l})"),
+    ("Return the list {l} sorted from small to large.", ["sorted_list", "in_order"], "{l}", "return sorted({l})"),
+    ("Return the list {l} in reverse order.", ["reversed_list", "flip"], "{l}", "return {l}[::-1]"),
+    ("Return the list {l} with every number multiplied by {k}.", ["scaled_{k}", "each_times_{k}"], "{l}",
+     "return [v * {k} for v in {l}]"),
+    ("Return the list {l} with {k} added to every number.", ["each_plus_{k}", "raised_{k}"], "{l}",
+     "return [v + {k} for v in {l}]"),
+    ("Return the numbers in the list {l} that are greater than {k}.", ["over_{k}", "keep_above_{k}"], "{l}",
+     "return [v for v in {l} if v > {k}]"),
+    ("Return the even numbers in the list {l}.", ["evens", "only_even"], "{l}",
+     "return [v for v in {l} if v % 2 == 0]"),
+    ("Return how many numbers in the list {l} are less than {k}.", ["count_below_{k}", "how_many_under_{k}"],
+     "{l}", "count = 0\n    for v in {l}:\n        if v < {k}:\n            count += 1\n    return count"),
+    ("Return the first item of the list {l}, or None if it is empty.", ["first", "head"], "{l}",
+     "if {l}:\n        return {l}[0]\n    return None"),
+    ("Return True if {k} is in the list {l}, else False.", ["has_{k}", "contains_{k}"], "{l}",
+     "return {k} in {l}"),
+    ("Return the string {s} in upper case.", ["shout", "upper"], "{s}", "return {s}.upper()"),
+    ("Return the string {s} in lower case.", ["quiet", "lower"], "{s}", "return {s}.lower()"),
+    ("Return the string {s} reversed.", ["backwards", "reverse_text"], "{s}", "return {s}[::-1]"),
+    ("Return the first {k} characters of the string {s}.", ["head_{k}", "prefix_{k}"], "{s}", "return {s}[:{k}]"),
+    ("Return the last {k} characters of the string {s}.", ["tail_{k}", "suffix_{k}"], "{s}", "return {s}[-{k}:]"),
+    ("Return the length of the string {s}.", ["text_length", "char_count"], "{s}", "return len({s})"),
+    ("Return the string {s} written {k} times in a row.", ["echo_{k}", "times_text_{k}"], "{s}",
+     "return {s} * {k}"),
+    ("Return how many times the character c occurs in the string {s}.", ["count_char", "occurrences"],
+     "{s}, c", "return {s}.count(c)"),
+    ("Return the words of the string {s} as a list.", ["words", "split_words"], "{s}", "return {s}.split()"),
+    ("Return True if the string {s} starts with a capital letter, else False.", ["is_capitalized", "starts_upper"],
+     "{s}", "return {s}[:1].isupper()"),
+    ("Return the string {s} without spaces at either end.", ["trim", "strip_spaces"], "{s}", "return {s}.strip()"),
+    ("Return a greeting for the person called {s}.", ["greet", "hello"], "{s}", "return 'Hello, ' + {s} + '!'"),
+    ("Return the strings in the list {w} joined with commas.", ["join_commas", "comma_list"], "{w}",
+     "return ', '.join({w})"),
+    ("Return a dictionary that maps each string in the list {w} to its length.", ["lengths", "length_map"], "{w}",
+     "return {{t: len(t) for t in {w}}}"),
 ]
 
 
 def code_small(rng: random.Random) -> Doc:
     """A short function from its docstring, in the `[Code] DOCSTRING\\n\\nCODE` layout of the stdlib ones."""
-    doc, fname, args, body = rng.choice(FUNCTIONS)
-    fill = dict(a=rng.choice(VARS), k=rng.randint(2, 12))
-    return "Code", format_doc("Code", f"{doc.format(**fill)}\n\ndef {fname.format(**fill)}({args.format(**fill)}):\n"
-                                      f"    {body.format(**fill)}")
+    doc, names, args, body = rng.choice(FUNCTIONS)
+    small = rng.random() < 0.5  # half the constants small, half three-digit
+    k, m = (rng.randint(2, 12) if small else rng.randint(100, 999) for _ in range(2))
+    fill = dict(a=rng.choice(NUM_ARGS), s=rng.choice(STR_ARGS), l=rng.choice(LIST_ARGS),
+                w=rng.choice(WORD_LIST_ARGS), k=k, m=m)
+    return "Code", format_doc("Code", f"{doc.format(**fill)}\n\ndef {rng.choice(names).format(**fill)}"
+                                      f"({args.format(**fill)}):\n    {body.format(**fill)}")
 
 
 GENERATORS = {"math_facts": math_facts, "math_drill": math_drill, "math_fewshot": math_fewshot,

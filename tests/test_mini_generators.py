@@ -61,13 +61,20 @@ def test_every_single_digit_sum_is_drilled_and_never_opens_a_document_spaced():
     sums = set(re.findall(r"\b(\d) ?\+ ?(\d) ?= ?\d+", "\n".join(texts)))
     assert len(sums) == 100
     assert not any(re.match(r"\[Math\] \d \+ \d =", t) for t in texts)
+    # sums also follow `, ` or `; ` (first operand ` 3`, as in the prompt `[Math] 3 + 4 =`), not only a newline
+    after_space = set(re.findall(r"[,;] (\d) \+ (\d) = \d+", "\n".join(texts)))
+    assert len(after_space) > 90
 
 
-def test_generated_code_parses():
-    for text in generated_texts("code_small", 100):
+def test_generated_code_parses_is_short_and_varied_and_leaves_eval_constants_out():
+    texts = generated_texts("code_small", 600)
+    for text in texts:
         doc, code = text.removeprefix("[Code] ").split("\n\n", 1)
         tree = ast.parse(code)
-        assert isinstance(tree.body[0], ast.FunctionDef) and doc.endswith(".")
+        assert isinstance(tree.body[0], ast.FunctionDef) and doc.endswith(".") and code.count("\n") <= 6
+        # eval.py's code task asks for constants 13-99: training's are 2-12 or 100-999, so they are copied
+        assert not [k for k in re.findall(r"\d+", text) if 13 <= int(k) <= 99], text
+    assert len(set(texts)) > 0.8 * len(texts)  # the writer drops duplicates: most documents must survive
 
 
 def test_names_come_from_a_wide_pool():

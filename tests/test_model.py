@@ -335,7 +335,7 @@ def test_config_round_trips_through_dict():
     assert GPT(GPTConfig(**asdict(model.config))).config == model.config
 
 
-@pytest.mark.parametrize("offsets", [[1, 2, 3], [1, 5]])
+@pytest.mark.parametrize("offsets", [[1, 2, 3, 4], [1, 5]])
 def test_offset_heads_attend_their_offset_back(offsets):
     """A fresh model's layer-0 heads, once init_offset_heads has set them, put nearly all attention d tokens
     back at every position that has one; plain GPT-2 weights otherwise (same state-dict keys and shapes)."""
