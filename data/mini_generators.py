@@ -369,11 +369,10 @@ STR_ARGS = ["text", "s", "word", "line", "name", "label", "title", "message", "p
 LIST_ARGS = ["items", "values", "numbers", "data", "xs", "scores", "prices", "counts", "sizes", "weights"]
 WORD_LIST_ARGS = ["words", "names", "parts", "tags", "lines", "labels"]
 # (docstring, function names, arguments, body). {a} a number argument, {s} a string, {l} a list of numbers,
-# {w} a list of strings, {k} and {m}
-# constants: 2-12 or 100-999, never eval.py's 13-99, so a constant in a task's prompt has to be copied, not
-# recalled. Many families, argument names and constants keep the documents distinct (the writer drops
-# duplicates) and make short, well-formed bodies the usual shape of a [Code] function, not the stdlib's
-# long methods.
+# {w} a list of strings, {k} and {m} constants: 2-12 or 100-999, never eval.py's 13-99, so a constant in a
+# task's prompt has to be copied, not recalled. Many families, argument names and constants keep the
+# documents distinct (the writer drops duplicates) and make short, well-formed bodies the usual shape of a
+# [Code] function, not the stdlib's long methods.
 FUNCTIONS = [
     ("Return {a} multiplied by {k}.", ["scale_by_{k}", "multiply_by_{k}", "mul_{k}"], "{a}", "return {a} * {k}"),
     ("Return {a} plus {k}.", ["plus_{k}", "increase_by_{k}", "shift_up_{k}"], "{a}", "return {a} + {k}"),
