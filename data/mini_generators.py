@@ -18,7 +18,7 @@ import functools
 import random
 import re
 
-from tags import format_doc, format_excerpt, format_prompt_response
+from tags import format_doc, format_excerpt, format_prompt_response, format_qa
 
 Doc = tuple[str, str]
 
@@ -372,7 +372,9 @@ WORD_LIST_ARGS = ["words", "names", "parts", "tags", "lines", "labels"]
 # {w} a list of strings, {k} and {m} constants: 2-12 or 100-999, never eval.py's 13-99, so a constant in a
 # task's prompt has to be copied, not recalled. Many families, argument names and constants keep the
 # documents distinct (the writer drops duplicates) and make short, well-formed bodies the usual shape of a
-# [Code] function, not the stdlib's long methods.
+# [Code] function, not the stdlib's long methods. Every body is one line: GPT-2 writes indentation as single
+# spaces, so a nested line needs seven counted before its first word, which this model does not learn (a
+# body opened with `if not values:` ran on in spaces until the token limit); `x if c else y` needs no count.
 FUNCTIONS = [
     ("Return {a} multiplied by {k}.", ["scale_by_{k}", "multiply_by_{k}", "mul_{k}"], "{a}", "return {a} * {k}"),
     ("Return {a} plus {k}.", ["plus_{k}", "increase_by_{k}", "shift_up_{k}"], "{a}", "return {a} + {k}"),
@@ -396,19 +398,19 @@ FUNCTIONS = [
     ("Return {a}, but never more than {k}.", ["cap_{k}", "at_most_{k}"], "{a}", "return min({a}, {k})"),
     ("Return {a}, but never less than {k}.", ["floor_{k}", "at_least_{k}"], "{a}", "return max({a}, {k})"),
     ("Return the absolute value of {a}.", ["magnitude", "absolute"], "{a}",
-     "if {a} < 0:\n        return -{a}\n    return {a}"),
+     "return -{a} if {a} < 0 else {a}"),
     ("Return 'big' if {a} is over {k}, else 'small'.", ["size_word_{k}", "big_or_small_{k}"], "{a}",
-     "if {a} > {k}:\n        return 'big'\n    return 'small'"),
+     "return 'big' if {a} > {k} else 'small'"),
     ("Return the sum of the numbers from 1 to {a}.", ["sum_to", "triangle"], "{a}",
-     "total = 0\n    for i in range(1, {a} + 1):\n        total += i\n    return total"),
+     "return sum(range(1, {a} + 1))"),
     ("Return the product of the numbers from 1 to {a}.", ["factorial", "product_to"], "{a}",
-     "result = 1\n    for i in range(2, {a} + 1):\n        result *= i\n    return result"),
+     "return math.prod(range(2, {a} + 1))"),
     ("Return a list of the numbers from 0 to {k}.", ["numbers_to_{k}", "range_to_{k}"], "",
      "return list(range({k} + 1))"),
     ("Return the first {k} multiples of {a}.", ["multiples_{k}", "first_{k}_multiples"], "{a}",
      "return [{a} * i for i in range(1, {k} + 1)]"),
-    ("Return the larger of a and b.", ["larger", "bigger"], "a, b", "if a > b:\n        return a\n    return b"),
-    ("Return the smaller of a and b.", ["smaller", "lesser"], "a, b", "if a < b:\n        return a\n    return b"),
+    ("Return the larger of a and b.", ["larger", "bigger"], "a, b", "return a if a > b else b"),
+    ("Return the smaller of a and b.", ["smaller", "lesser"], "a, b", "return a if a < b else b"),
     ("Return the sum of a and b.", ["add_two", "sum_of"], "a, b", "return a + b"),
     ("Return a minus b.", ["difference", "subtract"], "a, b", "return a - b"),
     ("Return the product of a and b, plus {k}.", ["product_plus_{k}", "mul_add_{k}"], "a, b", "return a * b + {k}"),
@@ -416,9 +418,9 @@ FUNCTIONS = [
     ("Return the number of items in the list {l}.", ["count_items", "length"], "{l}", "return len({l})"),
     ("Return the largest number in the list {l}.", ["biggest", "list_max"], "{l}", "return max({l})"),
     ("Return the smallest number in the list {l}, or {k} if it is empty.", ["smallest_or_{k}", "min_or_{k}"],
-     "{l}", "if not {l}:\n        return {k}\n    return min({l})"),
+     "{l}", "return min({l}) if {l} else {k}"),
     ("Return the average of the numbers in the list {l}, or 0 if it is empty.", ["average", "mean"], "{l}",
-     "if not {l}:\n        return 0\n    return sum({l}) / len({l})"),
+     "return sum({l}) / len({l}) if {l} else 0"),
     ("Return the list {l} sorted from small to large.", ["sorted_list", "in_order"], "{l}", "return sorted({l})"),
     ("Return the list {l} in reverse order.", ["reversed_list", "flip"], "{l}", "return {l}[::-1]"),
     ("Return the list {l} with every number multiplied by {k}.", ["scaled_{k}", "each_times_{k}"], "{l}",
@@ -430,9 +432,9 @@ FUNCTIONS = [
     ("Return the even numbers in the list {l}.", ["evens", "only_even"], "{l}",
      "return [v for v in {l} if v % 2 == 0]"),
     ("Return how many numbers in the list {l} are less than {k}.", ["count_below_{k}", "how_many_under_{k}"],
-     "{l}", "count = 0\n    for v in {l}:\n        if v < {k}:\n            count += 1\n    return count"),
+     "{l}", "return sum(1 for v in {l} if v < {k})"),
     ("Return the first item of the list {l}, or None if it is empty.", ["first", "head"], "{l}",
-     "if {l}:\n        return {l}[0]\n    return None"),
+     "return {l}[0] if {l} else None"),
     ("Return True if {k} is in the list {l}, else False.", ["has_{k}", "contains_{k}"], "{l}",
      "return {k} in {l}"),
     ("Return the string {s} in upper case.", ["shout", "upper"], "{s}", "return {s}.upper()"),
@@ -457,15 +459,23 @@ FUNCTIONS = [
 ]
 
 
-def code_small(rng: random.Random) -> Doc:
-    """A short function from its docstring, in the `[Code] DOCSTRING\\n\\nCODE` layout of the stdlib ones."""
+def code_small(rng: random.Random) -> Doc | list[Doc]:
+    """A short function from its docstring, in the `[Code] DOCSTRING\\n\\nCODE` layout of the stdlib ones; one
+    in six also asked about as `[QA]` (in a made-up module), its docstring the answer."""
     doc, names, args, body = rng.choice(FUNCTIONS)
     small = rng.random() < 0.5  # half the constants small, half three-digit
     k, m = (rng.randint(2, 12) if small else rng.randint(100, 999) for _ in range(2))
     fill = dict(a=rng.choice(NUM_ARGS), s=rng.choice(STR_ARGS), l=rng.choice(LIST_ARGS),
                 w=rng.choice(WORD_LIST_ARGS), k=k, m=m)
-    return "Code", format_doc("Code", f"{doc.format(**fill)}\n\ndef {rng.choice(names).format(**fill)}"
-                                      f"({args.format(**fill)}):\n    {body.format(**fill)}")
+    doc, fn = doc.format(**fill), rng.choice(names).format(**fill)
+    code = "Code", format_doc("Code", f"{doc}\n\ndef {fn}({args.format(**fill)}):\n    {body.format(**fill)}")
+    if rng.random() >= 1 / 6:
+        return code
+    # The same docstring as a QA answer that ends at end-of-text: [Code] follows these sentences with the
+    # function, QA with nothing, and without short QA answers like these a docstring-like answer ran on
+    # (`Return a list of the number of the number of ...`) in a third of eval.py's QA prompts.
+    module = made_up_name(rng).lower()
+    return [code, ("QA", format_qa(f"What does `{fn}()` in `{module}` do?", doc))]
 
 
 GENERATORS = {"math_facts": math_facts, "math_drill": math_drill, "math_fewshot": math_fewshot,

@@ -68,13 +68,28 @@ def test_every_single_digit_sum_is_drilled_and_never_opens_a_document_spaced():
 
 def test_generated_code_parses_is_short_and_varied_and_leaves_eval_constants_out():
     texts = generated_texts("code_small", 600)
-    for text in texts:
+    code_docs = [t for t in texts if t.startswith("[Code] ")]
+    for text in code_docs:
         doc, code = text.removeprefix("[Code] ").split("\n\n", 1)
         tree = ast.parse(code)
-        assert isinstance(tree.body[0], ast.FunctionDef) and doc.endswith(".") and code.count("\n") <= 6
+        # a def line and a one-line body: a nested block needs its indentation's single spaces counted
+        assert isinstance(tree.body[0], ast.FunctionDef) and doc.endswith(".") and code.count("\n") == 1
         # eval.py's code task asks for constants 13-99: training's are 2-12 or 100-999, so they are copied
         assert not [k for k in re.findall(r"\d+", text) if 13 <= int(k) <= 99], text
     assert len(set(texts)) > 0.8 * len(texts)  # the writer drops duplicates: most documents must survive
+
+
+def test_generated_code_is_also_asked_about_as_qa_with_its_docstring_as_the_answer():
+    texts = generated_texts("code_small", 600)
+    qa = [t for t in texts if t.startswith("[QA] ")]
+    assert 0.08 < len(qa) / len(texts) < 0.25 and len(qa) + sum(t.startswith("[Code] ") for t in texts) == len(texts)
+    for text in qa:
+        i = texts.index(text)
+        doc = texts[i - 1].removeprefix("[Code] ").split("\n\n", 1)[0]  # the function it asks about
+        fn = re.search(r"def (\w+)\(", texts[i - 1]).group(1)
+        assert re.fullmatch(rf"\[QA\] \*\*Question:\*\* What does `{fn}\(\)` in `[a-z]+` do\?\n\*\*Answer:\*\* "
+                            rf"{re.escape(doc)}", text), text
+        assert text[text.response_start:] == " " + doc
 
 
 def test_names_come_from_a_wide_pool():
