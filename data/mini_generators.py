@@ -160,15 +160,12 @@ def fewshot_start_held_out(k: int) -> bool:
 def math_fewshot(rng: random.Random) -> Doc:
     """A pattern continued term by term: doubling, +1 and +c most often (eval.py's few-shot kinds), times c and
     counting (by c) less. The separator varies with the tokens kept (`24+1=` follows ` `, `, `, `; ` or ` | `
-    as the same tokens), so one table of number facts is drilled in more documents that are not duplicates.
-    +c comes twice as often as doubling or +1: it is eight tables (c = 2..9), and its misses were most of them
-    (the last answer again, `61+9=70 62+9=71 63+9=` -> 71). Starts reach 70, past the 65 a line can reach in
-    eval.py, so the top of its range is drilled as often as the middle."""
+    as the same tokens), so one table of number facts is drilled in more documents that are not duplicates."""
     n, c = rng.randint(3, 10), rng.randint(2, 9)
-    k = rng.randint(1, 70)
+    k = rng.randint(1, 60)
     while fewshot_start_held_out(k):
-        k = rng.randint(1, 70)
-    kind = rng.choices(range(6), weights=[3, 3, 6, 1, 1, 1])[0]
+        k = rng.randint(1, 60)
+    kind = rng.choices(range(6), weights=[3, 3, 3, 1, 1, 1])[0]
     if kind == 0:
         terms = [f"{i}+{i}={2 * i}" for i in range(k, k + n)]
     elif kind == 1:
