@@ -37,7 +37,8 @@ class FusedHeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, last_offset: float = 0.0
+                ) -> torch.Tensor:
         # matmuls in autocast's dtype when autocast is on (bf16 on CPUs that have it), else in x's dtype
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         xc, wc = x.to(dtype), weight.to(dtype)
@@ -45,6 +46,8 @@ class FusedHeadLoss(torch.autograd.Function):
         safe_targets = targets.clamp(min=0)
         rows = torch.arange(x.size(0), device=x.device)
         grad_logits = xc @ wc.t()
+        if last_offset:  # a head shortlist's column for the rows it leaves out (shortlist.py)
+            grad_logits[:, -1] += last_offset
         torch.softmax(grad_logits, dim=-1, out=grad_logits)  # row by row, so in place is safe
         p_target = grad_logits[rows, safe_targets].float()
         grad_logits[rows, safe_targets] = 0
@@ -53,6 +56,7 @@ class FusedHeadLoss(torch.autograd.Function):
         underflow = ~torch.isfinite(row_losses) & valid
         if underflow.any():  # a target 88+ nats below the best: its loss from logsumexp of recomputed logits
             logits = (xc[underflow] @ wc.t()).float()
+            logits[:, -1] += last_offset
             exact = torch.logsumexp(logits, -1) - logits.gather(1, safe_targets[underflow].unsqueeze(1)).squeeze(1)
             row_losses[underflow] = exact
         grad_logits[rows, safe_targets] = (-others).to(dtype)  # softmax - one-hot, at the targets
@@ -71,12 +75,14 @@ class FusedHeadLoss(torch.autograd.Function):
             grad_x = ((grad_logits @ wc).float() * scale).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             grad_w = (grad_logits.t() @ (xc.float() * scale).to(xc.dtype)).to(ctx.weight_dtype)
-        return grad_x, grad_w, None
+        return grad_x, grad_w, None, None
 
 
 @torch.compiler.disable  # already fused by hand; a compiled model runs it eager, between its graphs
-def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of x @ weight.T against targets (-1 = ignore), with few passes over the logits.
+def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, last_offset: float = 0.0
+                    ) -> torch.Tensor:
+    """Mean cross-entropy of x @ weight.T (last_offset added to the last column) against targets (-1 =
+    ignore), with few passes over the logits.
 
     Only the rows whose target counts go through the head: the same mean loss and gradients, and with
     train.py's loss_on='response' most prompt rows drop out of the step's largest matmuls. The row count is
@@ -89,7 +95,7 @@ def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
         bucket = max(1, n_rows // 8)
         keep = torch.argsort((~valid).to(torch.int8), stable=True)[:min(n_rows, -(-n_valid // bucket) * bucket)]
         x, targets = x[keep], targets[keep]
-    return FusedHeadLoss.apply(x, weight, targets)
+    return FusedHeadLoss.apply(x, weight, targets, last_offset)
 
 
 def cpu_kernels_pay_off(device: str, dtype_name: str) -> bool:

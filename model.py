@@ -130,6 +130,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied, as in GPT-2
         self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
+        self.head_shortlist = None  # training only: a shortlist.HeadShortlist the loss computes the head over
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2's scaled init of the residual projections
@@ -222,12 +223,20 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.end(T)
         x = self.transformer.ln_f(x)
+        shortlist = self.head_shortlist if targets is not None else None
+        if shortlist is not None:  # the head's rows the data uses and one for all the rest (shortlist.py)
+            head, targets = shortlist.narrow(self.lm_head.weight, targets)
         if targets is not None and reduction == "mean" and cpu_kernels:
             # the head and loss fused (kernels.FusedHeadLoss), whose logits turn into their gradient in place.
             # Elsewhere the plain path below, which torch.compile fuses where train.py compiles.
-            return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            return None, fused_head_loss(x.view(-1, x.size(-1)), self.lm_head.weight if shortlist is None else head,
+                                         targets.reshape(-1), shortlist.log_rest if shortlist else 0.0)
         if targets is not None:
-            logits = self.lm_head(x)
+            if shortlist is None:
+                logits = self.lm_head(x)
+            else:
+                logits = F.linear(x, head)
+                logits[..., -1] += shortlist.log_rest
             # In the logits' own dtype, outside autocast (which would make full fp32 copies of the tokens x
             # vocab logits and their log-softmax): the softmax still sums in fp32 inside the kernel, and the
             # per-token losses are averaged in fp32, so bf16/fp16 round each token's loss, not the mean.

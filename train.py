@@ -37,6 +37,7 @@ from errors import UserError, run_main
 from logger import RunLogger
 from kernels import cpu_kernels_pay_off
 from model import GPT, GPTConfig
+from shortlist import HeadShortlist, used_tokens
 from tokenizer import VOCAB_SIZE
 
 # -----------------------------------------------------------------------------
@@ -67,6 +68,9 @@ n_embd = 384
 dropout = 0.0
 bias = True
 offset_heads = ""  # e.g. "1,2,3": layer 0's first heads start out attending 1, 2, 3 tokens back (scratch only)
+shortlist_head = False  # True: the LM head computes only the rows of tokens the data uses and one for the rest,
+# which start out equal and stay so: the same loss and gradients as the full head (shortlist.py; scratch runs,
+# or runs resumed from one)
 gradient_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower;
 # None: only where a step would not fit the device's memory without it (hardware.pick_activation_checkpointing)
 # LoRA (lora.py): train low-rank adapters on a frozen base instead of every weight
@@ -201,6 +205,16 @@ def main() -> None:
         dist.barrier()
     if model.config.vocab_size < data.vocab_size:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
+    shortlist, why_shortlist = None, "off (shortlist_head=False)"
+    if shortlist_head:
+        shortlist = HeadShortlist(used_tokens(list(data.tokens.values()), model.config.vocab_size),
+                                  model.config.vocab_size)
+        if init_from == "scratch":
+            shortlist.tie(model.lm_head.weight)
+        if shortlist.tied(model.lm_head.weight):
+            why_shortlist = shortlist.describe()
+        else:  # a pretrained model's rows differ: only the full head gives its gradients
+            shortlist, why_shortlist = None, "full LM head: the rows of tokens the data does not use differ"
     lora_settings = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets)
     model, lora_info = lora.prepare(model, init_from, checkpoint, lora_settings, ptdtype)  # None: full fine-tune
     tokens_per_micro_batch = batch_size * run_block_size
@@ -209,6 +223,7 @@ def main() -> None:
         model.config.vocab_size, tokens_per_micro_batch, dtype_name, hardware.memory_bytes(dev))
     model.to(dev)
     raw_model = model  # the plain module: for eval, checkpoints and MFU
+    raw_model.head_shortlist = shortlist.to(dev) if shortlist else None
     tokens_per_iter = gradient_accumulation_steps * batch_size * run_block_size
     if master:
         print(f"{world_size} process(es) on {dev}, precision {dtype_name} ({why})")
@@ -219,6 +234,8 @@ def main() -> None:
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
         print(f"activation checkpointing {'on' if raw_model.gradient_checkpointing else 'off'} ({why_checkpointing})")
+        if shortlist_head:
+            print(why_shortlist)
         if lora_info:
             print(lora.describe(raw_model, lora_info))
     plan = memory.plan_for(raw_model, batch_size, run_block_size, micro_steps, config["optimizer"], lora_info,
@@ -382,6 +399,8 @@ def main() -> None:
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
                 head_rows += int((y >= 0).sum()) if cpu_kernels and loss_on == "response" else y.numel()
+            if shortlist:  # the rows left out of the head get their share of their representative's gradient
+                shortlist.share_grad(raw_model.lm_head.weight)
             scaler.unscale_(optimizer)  # fp16: back to the true gradients (a no-op otherwise)
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in raw_model.parameters() if p.grad is not None])
             due = float(master and not always_save_checkpoint and time.time() - last_save[0] >= checkpoint_interval)
@@ -415,8 +434,11 @@ def main() -> None:
             dt, t0 = t1 - t0, t1
             if master and iter_num % log_interval == 0:
                 peak.sample(PEAK_SAMPLE_INTERVAL)  # a busy moment at the start must not inflate every later MFU
+                head_fraction = head_rows / (batch_size * micro_steps * run_block_size)  # of the full head's FLOPs
+                if shortlist:
+                    head_fraction *= len(shortlist.rows) / raw_model.config.vocab_size
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops,
-                                             head_fraction=head_rows / (batch_size * micro_steps * run_block_size))
+                                             head_fraction=head_fraction)
                 peak_memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
                                if device_type == "cuda" else "")
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "

@@ -22,6 +22,7 @@ n_head = 4
 n_embd = 256
 dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
+shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py): ~1.6x the steps
 block_size = 256
 batch_size = 16
 gradient_accumulation_steps = 1
