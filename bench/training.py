@@ -30,6 +30,7 @@ import hardware
 from configurator import configure
 from kernels import cpu_kernels_pay_off
 from model import GPT, GPTConfig
+from shortlist import HeadShortlist
 
 # -----------------------------------------------------------------------------
 n_layer = None  # None: 6 on CPU, 24 on GPU (gpt2-medium)
@@ -42,6 +43,8 @@ device = "auto"
 dtype = "auto"
 compile = None  # None: as train.py decides (hardware.compile_pays_off); True/False forces it
 baseline = True  # also time the plain fp32 eager loop
+shortlist = 19199  # also time train.py's step with the LM head shortlisted to this many tokens (shortlist.py;
+# data/mini uses 19,199), the batch drawn from them; 0 skips it
 warmup = 3
 iters = 10
 seed = 1337
@@ -56,9 +59,10 @@ BASELINE = "fp32 eager (baseline)"
 
 def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: int, between=lambda: None,
                cpu_kernels: bool = False, scaler: torch.amp.GradScaler | None = None,
-               grad_clip: float = 0.0) -> list[float]:
+               grad_clip: float = 0.0, after_backward=None) -> list[float]:
     """Seconds per optimizer step, one per timed step; `between` runs after each, untimed. With a scaler,
-    a step is train.py's: scaled backward, unscale, gradient norm, clipping to grad_clip, scaler step."""
+    a step is train.py's: scaled backward, (after_backward,) unscale, gradient norm, clipping to grad_clip,
+    scaler step."""
     def step():
         with ctx:
             _, loss = model(x, y, cpu_kernels=cpu_kernels)
@@ -67,6 +71,8 @@ def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: i
             optimizer.step()
         else:
             scaler.scale(loss).backward()
+            if after_backward:
+                after_backward()
             scaler.unscale_(optimizer)
             params = [p for p in model.parameters() if p.grad is not None]
             total_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -117,8 +123,9 @@ def train_bench(shape: dict) -> None:
                        n_embd=shape["n_embd"], dropout=0.0, bias=True)
     gen = torch.Generator().manual_seed(seed)
     tokens = min(vocab_size, 50257)  # GPT-2's real tokens; the padding rows are never targets
-    x = torch.randint(0, tokens, (B, T), generator=gen).to(dev)
-    y = torch.randint(0, tokens, (B, T), generator=gen).to(dev)
+    used = torch.randperm(tokens, generator=gen)[:shortlist] if 0 < shortlist < tokens else torch.arange(tokens)
+    x = used[torch.randint(0, len(used), (B, T), generator=gen)].to(dev)
+    y = used[torch.randint(0, len(used), (B, T), generator=gen)].to(dev)
     cpu = torch.device(dev).type == "cpu"
     print(f"{dev}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; model "
           f"{config.n_layer} layers x {config.n_embd} wide, {config.n_head} heads, block {T}, batch {B}, "
@@ -138,32 +145,42 @@ def train_bench(shape: dict) -> None:
             results[BASELINE] = times
     if cpu:
         hardware.keep_freed_memory_on_cpu()
-    torch.manual_seed(seed)
-    model = GPT(config).to(dev)
-    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), torch.device(dev).type)
-    flops_per_step = model.flops_per_token() * B * T
-    if use_compile:
-        model = torch.compile(model)
     ours = f"train.py: {dtype_name}{', compiled' if use_compile else ', eager'}"
-    results[ours] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
-                               between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name),
-                               scaler=hardware.grad_scaler(dev, dtype_name), grad_clip=1.0)
+    flops_per_step = {}
+    for name, short in [(ours, None)] + ([(f"{ours}, shortlist", HeadShortlist(used, vocab_size))]
+                                         if len(used) < tokens else []):
+        torch.manual_seed(seed)
+        model = GPT(config).to(dev)
+        optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), torch.device(dev).type)
+        # the shortlisted head multiplies len(rows) of the vocab_size rows: its FLOPs count only those
+        flops_per_step[name] = model.flops_per_token(len(short.rows) / vocab_size if short else 1.0) * B * T
+        if short:
+            short.tie(model.lm_head.weight)
+            model.head_shortlist = short.to(dev)
+        share = (lambda m=model, s=short: s.share_grad(m.lm_head.weight)) if short else None
+        if use_compile:
+            model = torch.compile(model)
+        results[name] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
+                                   between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name),
+                                   scaler=hardware.grad_scaler(dev, dtype_name), grad_clip=1.0, after_backward=share)
 
+    flops_per_step[BASELINE] = flops_per_step[ours]  # the same model
     peak.sample()
     fp32_peak = hardware.PeakFlops(dev, torch.float32).flops
     rows = {}
     for name, times in results.items():
         dt = statistics.median(times)
-        rows[name] = {"tokens_per_s": B * T / dt, "ms_per_iter": dt * 1000, "flops_per_s": flops_per_step / dt,
-                      "mfu": flops_per_step / dt / peak.flops, "ms_min": min(times) * 1000,
+        flops = flops_per_step[name]
+        rows[name] = {"tokens_per_s": B * T / dt, "ms_per_iter": dt * 1000, "flops_per_s": flops / dt,
+                      "mfu": flops / dt / peak.flops, "ms_min": min(times) * 1000,
                       "ms_max": max(times) * 1000}
     print(f"peak: {peak.flops / 1e12:.2f} TFLOP/s ({peak.describe()}); fp32 peak {fp32_peak / 1e12:.2f} TFLOP/s; "
-          f"{flops_per_step / 1e9:.1f} GFLOP per step; median of {iters} steps after {warmup} warm-up")
-    print(f"{'':32} {'tokens/s':>9} {'ms/iter':>9} {'(min-max)':>15} {'TFLOP/s':>8} {'MFU':>6} {'speedup':>8}")
+          f"{flops_per_step[ours] / 1e9:.1f} GFLOP per step; median of {iters} steps after {warmup} warm-up")
+    print(f"{'':40} {'tokens/s':>9} {'ms/iter':>9} {'(min-max)':>15} {'TFLOP/s':>8} {'MFU':>6} {'speedup':>8}")
     base = rows.get(BASELINE)
     for name, r in rows.items():
         speedup = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-        print(f"{name:32} {r['tokens_per_s']:9,.0f} {r['ms_per_iter']:9.1f} {r['ms_min']:7.0f}-{r['ms_max']:<7.0f} "
+        print(f"{name:40} {r['tokens_per_s']:9,.0f} {r['ms_per_iter']:9.1f} {r['ms_min']:7.0f}-{r['ms_max']:<7.0f} "
               f"{r['flops_per_s'] / 1e12:8.3f} {r['mfu'] * 100:5.1f}% {speedup:>8}")
     summary = {"device": dev, "dtype": dtype_name, "compile": use_compile, "shape": {**shape, "vocab_size": vocab_size},
                "peak_flops": peak.flops, "peak_source": peak.describe(), "threads": torch.get_num_threads(),
@@ -172,6 +189,9 @@ def train_bench(shape: dict) -> None:
         summary["baseline"] = {k: float(f"{v:.4g}") for k, v in base.items()}
         summary["baseline"]["mfu_vs_fp32_peak"] = float(f"{base['flops_per_s'] / fp32_peak:.4g}")
         summary["speedup_vs_baseline"] = float(f"{rows[ours]['tokens_per_s'] / base['tokens_per_s']:.4g}")
+    if f"{ours}, shortlist" in rows:
+        summary["shortlist"] = {"tokens": len(used), **{k: float(f"{v:.4g}") for k, v in rows[f"{ours}, shortlist"].items()}}
+        summary["shortlist_speedup"] = float(f"{rows[ours]['ms_per_iter'] / rows[f'{ours}, shortlist']['ms_per_iter']:.4g}")
     print(json.dumps(summary))
 
 
