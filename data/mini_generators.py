@@ -160,12 +160,15 @@ def fewshot_start_held_out(k: int) -> bool:
 def math_fewshot(rng: random.Random) -> Doc:
     """A pattern continued term by term: doubling, +1 and +c most often (eval.py's few-shot kinds), times c and
     counting (by c) less. The separator varies with the tokens kept (`24+1=` follows ` `, `, `, `; ` or ` | `
-    as the same tokens), so one table of number facts is drilled in more documents that are not duplicates."""
+    as the same tokens), so one table of number facts is drilled in more documents that are not duplicates.
+    +c comes twice as often as doubling or +1: it is eight tables (c = 2..9), and its misses were most of them
+    (the last answer again, `61+9=70 62+9=71 63+9=` -> 71). Starts reach 70, past the 65 a line can reach in
+    eval.py, so the top of its range is drilled as often as the middle."""
     n, c = rng.randint(3, 10), rng.randint(2, 9)
-    k = rng.randint(1, 60)
+    k = rng.randint(1, 70)
     while fewshot_start_held_out(k):
-        k = rng.randint(1, 60)
-    kind = rng.choices(range(6), weights=[3, 3, 3, 1, 1, 1])[0]
+        k = rng.randint(1, 70)
+    kind = rng.choices(range(6), weights=[3, 3, 6, 1, 1, 1])[0]
     if kind == 0:
         terms = [f"{i}+{i}={2 * i}" for i in range(k, k + n)]
     elif kind == 1:
@@ -283,6 +286,7 @@ CHARACTERS = [("a wizard", "the Tower of Stars", "wise and patient"), ("a pirate
               ("a baker", "a small village bakery", "warm and funny"), ("a space explorer", "the station Orion Seven", "calm and precise"),
               ("a dragon", "a mountain cave", "proud but kind"), ("a librarian", "the Great Library", "quiet and helpful"),
               ("a ship's robot", "the cargo ship Vega", "logical and friendly"), ("an innkeeper", "the Silver Lantern Inn", "chatty and generous")]
+HELLO = ("Hello!", "Greetings! I am {name}, {role}. Welcome to {place}.")
 ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are in {place}."),
         ("What do you do here?", "I am {role}. This is where I live and work."),
         ("How would you describe yourself?", "People say I am {trait}."),
@@ -291,9 +295,13 @@ ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are 
 
 
 def roleplay(rng: random.Random) -> Doc:
+    """A conversation of one to four exchanges, most opening with a greeting. About a third are a single
+    exchange: a reply can be where a conversation ends, so the model learns to stop after one."""
     role, place, trait = rng.choice(CHARACTERS)
     who, user = names(rng, 2)
-    turns = [("Hello!", "Greetings! I am {name}, {role}. Welcome to {place}.")] + rng.sample(ASKS, rng.randint(2, 4))
+    turns = rng.sample(ASKS, rng.randint(0, 3))
+    if not turns or rng.random() < 0.6:
+        turns = [HELLO] + turns
     fill = dict(name=who, role=role, place=place, trait=trait)
     if rng.random() < 0.5:
         text = f"<|system|>Enter roleplay mode. You are {who}, {role} in {place}. You are {trait}."

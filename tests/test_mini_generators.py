@@ -97,3 +97,28 @@ def test_names_come_from_a_wide_pool():
     people = set(re.findall(r"\b[A-Z][a-z]+\b", " ".join(texts))) - {"Premises", "Question", "Conclusion", "Who",
                                                                       "Excerpt", "Response", "Logic", "Yes", "No"}
     assert len(people) > 300 and len(g.proper_nouns()) > 3000
+
+
+def test_roleplay_conversations_run_one_to_four_exchanges_and_a_third_end_after_one():
+    exchanges = []
+    for text in generated_texts("roleplay", 300):
+        body = text.removeprefix("[Roleplay] ")
+        if body.startswith("<|system|>"):
+            turns = re.findall(r"<\|user\|>(.+?)<\|model\|>(.+?)(?=<\|user\|>|$)", body)
+        else:
+            header, *lines = body.split("\n")
+            user, who = re.match(r"(\w+) meets (\w+), ", header).groups()
+            assert [line.split(":")[0] for line in lines] == [user, who] * (len(lines) // 2) and len(lines) % 2 == 0
+            turns = lines[::2]
+        assert all(reply.strip() for _, reply in turns) if body.startswith("<|system|>") else True
+        exchanges.append(len(turns))
+    assert set(exchanges) == {1, 2, 3, 4}
+    assert 0.25 < exchanges.count(1) / len(exchanges) < 0.45  # a reply is often where a conversation ends
+
+
+def test_generated_codec_tables_are_left_out_of_the_stdlib_documents():
+    import encodings.cp1252
+    from data.mini_sources import stdlib_docs
+    assert list(stdlib_docs("encodings.cp1252", encodings.cp1252.__file__)) == []
+    import json
+    assert any(tag == "QA" for tag, _ in stdlib_docs("json", json.__file__))
