@@ -4,10 +4,12 @@
     python sample.py --out_dir=out-phi-mini           # then sample it, e.g. with a "[Math]" prompt
 
 Sized for the clock, not for quality: 4 layers x 256 wide (16M parameters, 13M of them the token embedding
-that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 800 steps: about 3.3M
-tokens, roughly 70 % of data/mini. Layer 0's four heads start out looking 1, 2, 3 and 4 tokens back
-(offset_heads): `3+4=` needs the operands 1 and 3 back, `... 23+1=24 24+1=` the last answer 4 back, and a fresh
-model otherwise spends most of these steps on a loss plateau before it finds them. With them it gets most
+that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 1,200 steps: about 4.9M
+tokens, roughly one pass over data/mini. The LM head multiplies only the ~19k tokens data/mini uses
+(shortlist_head: exact, about half the step time), which is what buys 1,200 steps instead of 800. Layer 0's
+four heads start out looking 1, 2, 3 and 4 tokens back (offset_heads): `3+4=` needs the operands 1 and 3 back,
+`... 23+1=24 24+1=` the last answer 4 back, and a fresh model otherwise spends most of these steps on a loss
+plateau before it finds them. With them it gets most
 single-digit sums and few-shot lines right; reading names and facts out of a longer prompt it does not learn
 in this budget (docs/capability.md has every lever measured).
 bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
@@ -22,7 +24,7 @@ n_head = 4
 n_embd = 256
 dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
-shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py): ~1.6x the steps
+shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
 batch_size = 16
 gradient_accumulation_steps = 1
@@ -30,15 +32,15 @@ gradient_accumulation_steps = 1
 # A small model trained briefly tolerates, and needs, a high learning rate: 2e-3 with a short warmup, cosine
 # to a tenth of it so the last steps consolidate instead of bouncing.
 learning_rate = 2e-3
-max_iters = 800  # 600 measured: few-shot 54-64 %, 800: 92-96 % (docs/capability.md, E21-E22); about 8 min
-lr_decay_iters = 800
+max_iters = 1200  # few-shot 54-64 % at 600 steps, 90-96 % at 800, 100 % at 1,200 (docs/capability.md)
+lr_decay_iters = 1200
 warmup_iters = 30
 min_lr = 2e-4
 beta2 = 0.99  # few tokens per step: a longer second-moment average smooths the noisier gradients
 weight_decay = 0.1
 grad_clip = 1.0
 
-eval_interval = 200  # each eval is about 10 s of the 10 minutes
+eval_interval = 400  # each eval is about 10 s of the 10 minutes
 eval_iters = 10
 log_interval = 20
 always_save_checkpoint = True
