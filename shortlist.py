@@ -1,7 +1,7 @@
 """An exact LM head over only the tokens a dataset uses, for models trained from scratch on small data.
 
 GPT-2's head has a row for each of 50,304 tokens, and for a small model it is most of a training step: the
-4 x 256 embedded default has 13M of its 16M weights there, and data/mini uses 19,199 of those tokens. A token
+4 x 256 embedded default has 13M of its 16M weights there, and data/mini uses about 19,400 of those tokens. A token
 the data never holds is never an input and never a target, so all its row gets in training is a push down
 through the softmax's normaliser, the same push for every such row. Rows that start out equal therefore get
 equal gradients every step, AdamW (moments, weight decay) moves them alike, and they stay equal. Then the
