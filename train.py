@@ -205,7 +205,7 @@ def main() -> None:
         dist.barrier()
     if model.config.vocab_size < data.vocab_size:
         raise UserError(f"{init_from} has {model.config.vocab_size} tokens, the dataset needs {data.vocab_size}")
-    shortlist, why_shortlist = None, "off (shortlist_head=False)"
+    shortlist = None
     if shortlist_head:
         shortlist = HeadShortlist(used_tokens(list(data.tokens.values()), model.config.vocab_size),
                                   model.config.vocab_size)
