@@ -99,6 +99,11 @@ def time_steps(model: GPT, optimizer, ctx, x, y, dev: str, warmup: int, iters: i
     return times
 
 
+def rounded(row: dict) -> dict:
+    """A table row's figures to 4 significant digits, for the JSON line."""
+    return {k: float(f"{v:.4g}") for k, v in row.items()}
+
+
 def unless_out_of_memory(what: str, run, dev: str):
     """run()'s result, or None after one line saying that `what` does not fit on dev (other errors pass)."""
     try:
@@ -184,14 +189,15 @@ def train_bench(shape: dict) -> None:
               f"{r['flops_per_s'] / 1e12:8.3f} {r['mfu'] * 100:5.1f}% {speedup:>8}")
     summary = {"device": dev, "dtype": dtype_name, "compile": use_compile, "shape": {**shape, "vocab_size": vocab_size},
                "peak_flops": peak.flops, "peak_source": peak.describe(), "threads": torch.get_num_threads(),
-               **{k: float(f"{v:.4g}") for k, v in rows[ours].items()}}
+               **rounded(rows[ours])}
     if base:
-        summary["baseline"] = {k: float(f"{v:.4g}") for k, v in base.items()}
+        summary["baseline"] = rounded(base)
         summary["baseline"]["mfu_vs_fp32_peak"] = float(f"{base['flops_per_s'] / fp32_peak:.4g}")
         summary["speedup_vs_baseline"] = float(f"{rows[ours]['tokens_per_s'] / base['tokens_per_s']:.4g}")
-    if f"{ours}, shortlist" in rows:
-        summary["shortlist"] = {"tokens": len(used), **{k: float(f"{v:.4g}") for k, v in rows[f"{ours}, shortlist"].items()}}
-        summary["shortlist_speedup"] = float(f"{rows[ours]['ms_per_iter'] / rows[f'{ours}, shortlist']['ms_per_iter']:.4g}")
+    short = rows.get(f"{ours}, shortlist")
+    if short:
+        summary["shortlist"] = {"tokens": len(used), **rounded(short)}
+        summary["shortlist_speedup"] = float(f"{rows[ours]['ms_per_iter'] / short['ms_per_iter']:.4g}")
     print(json.dumps(summary))
 
 

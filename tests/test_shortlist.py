@@ -10,7 +10,7 @@ import torch
 import shortlist as shortlist_module
 from model import GPT, GPTConfig
 from shortlist import HeadShortlist, used_tokens
-from test_train import TINY, iteration_losses, run_train
+from test_train import iteration_losses, run_train
 from checkpoint import checkpoint_path, load_checkpoint
 
 V = 96
