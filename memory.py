@@ -101,6 +101,7 @@ class Plan:
     dtype: str = "bfloat16"
     attention: str = "flash"
     fused_head: bool = False
+    head_rows: int | None = None  # logit columns when the head is shortlisted (shortlist.py); None: vocab_size
     accumulation: bool = True
     lora_targets: tuple = LORA_TARGETS
     device: str = "cuda"
@@ -196,7 +197,7 @@ def estimate_parts(plan: Plan) -> dict[str, float]:
         "gradients": trainable * 4,
         "casts": casts,
         "activations": activations,
-        "logits": tokens * s.vocab_size * logit_bytes,
+        "logits": tokens * (plan.head_rows or s.vocab_size) * logit_bytes,
         "head_gradient": counts["head"] * 4 if head_trains else 0,
     }
 
@@ -224,14 +225,15 @@ def attention_path(device: str, dtype: str, block_size: int) -> str:
 
 def plan_for(model, batch_size: int, block_size: int, micro_steps: int, optimizer: str, lora_info: dict | None,
              gradient_checkpointing: bool, dtype: str, device: str) -> Plan:
-    """The plan for train.py's own settings and model."""
+    """The plan for train.py's own settings and model (its head_shortlist, if set, sizes the logits)."""
     cfg = model.config
+    shortlist = getattr(model, "head_shortlist", None)
     settings = (lora_info or {}).get("settings", {})
     return Plan(Shape(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.bias), batch_size, block_size,
                 lora_rank=settings.get("rank", 0), optimizer=optimizer,
                 gradient_checkpointing=gradient_checkpointing, dtype=dtype,
                 attention=attention_path(device, dtype, block_size), fused_head=cpu_kernels_pay_off(device, dtype),
-                accumulation=micro_steps > 1, lora_targets=tuple(settings.get("targets", LORA_TARGETS)),
+                head_rows=len(shortlist.rows) if shortlist is not None else None, accumulation=micro_steps > 1, lora_targets=tuple(settings.get("targets", LORA_TARGETS)),
                 device=device, capacity=device_capacity(device))
 
 

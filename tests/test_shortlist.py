@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import memory
 import shortlist as shortlist_module
 from model import GPT, GPTConfig
 from shortlist import HeadShortlist, used_tokens
@@ -102,6 +103,14 @@ def test_a_model_whose_rows_differ_is_not_tied():
     assert not short.tied(full.lm_head.weight)
     with pytest.raises(ValueError, match="every token"):
         HeadShortlist(torch.arange(V), V)
+
+
+def test_memory_plan_counts_the_logits_of_the_shortlisted_head_only():
+    full, shortened, short, _, _ = tiny_pair()
+    plans = [memory.plan_for(m, 4, 16, 1, "adamw", None, False, "bfloat16", "cpu") for m in (full, shortened)]
+    assert plans[0].parts["logits"] == 4 * 16 * V * 2  # the CPU's fused head: 2 bytes a logit
+    assert plans[1].parts["logits"] == 4 * 16 * len(short.rows) * 2
+    assert plans[1].parts["weights"] == plans[0].parts["weights"]  # the model keeps every row
 
 
 @pytest.mark.slow
