@@ -4,14 +4,15 @@
     python sample.py --out_dir=out-phi-mini           # then sample it, e.g. with a "[Math]" prompt
 
 Sized for the clock, not for quality: 4 layers x 256 wide (16M parameters, 13M of them the token embedding
-that GPT-2's 50k vocabulary needs), 256 tokens of context, 4,096 tokens per step, 1,200 steps: about 4.9M
-tokens, roughly one pass over data/mini. The LM head multiplies only the ~19k tokens data/mini uses
-(shortlist_head: exact, about half the step time), which is what buys 1,200 steps instead of 800. Layer 0's
-four heads start out looking 1, 2, 3 and 4 tokens back (offset_heads): `3+4=` needs the operands 1 and 3 back,
-`... 23+1=24 24+1=` the last answer 4 back, and a fresh model otherwise spends most of these steps on a loss
-plateau before it finds them. With them it gets most
-single-digit sums and few-shot lines right; reading names and facts out of a longer prompt it does not learn
-in this budget (docs/capability.md has every lever measured).
+that GPT-2's 50k vocabulary needs), 256 tokens of context, 3,072 tokens per step, 1,200 steps: about 3.7M
+tokens, three quarters of a pass over data/mini. The number of steps matters more than their size here: 1,000
+steps of 4,096 tokens left single-digit sums short in one run of two, 1,200 of 3,072 did not, in less time.
+The LM head multiplies only the ~19k tokens data/mini uses (shortlist_head: exact, about half the
+step time), which is what buys 1,200 steps instead of 800. Layer 0's four heads start out looking 1, 2, 3 and
+4 tokens back (offset_heads): `3+4=` needs the operands 1 and 3 back, `... 23+1=24 24+1=` the last answer 4
+back, and a fresh model otherwise spends most of these steps on a loss plateau before it finds them. With
+them it gets single-digit sums and few-shot lines right; reading names and facts out of a longer prompt it
+does not learn in this budget (docs/capability.md has every lever measured).
 bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
 """
 
@@ -26,7 +27,7 @@ dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
 shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
-batch_size = 16
+batch_size = 12  # 16 learned no more and took 12 minutes (docs/capability.md, E34-E37)
 gradient_accumulation_steps = 1
 
 # A small model trained briefly tolerates, and needs, a high learning rate: 2e-3 with a short warmup, cosine
