@@ -27,7 +27,7 @@ dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
 shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
-batch_size = 12  # 16 learned no more and took 12 minutes (docs/capability.md, E34-E37)
+batch_size = 12  # 16 learned no more and took 541 s against 425 (docs/capability.md, E34-E37)
 gradient_accumulation_steps = 1
 
 # A small model trained briefly tolerates, and needs, a high learning rate: 2e-3 with a short warmup, cosine
