@@ -295,13 +295,13 @@ ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are 
 
 
 def roleplay(rng: random.Random) -> Doc:
-    """A conversation of one to four exchanges, most opening with a greeting. About a third are a single
-    exchange: a reply can be where a conversation ends, so the model learns to stop after one."""
+    """A conversation of one to four exchanges, most opening with a greeting. Half are a single exchange,
+    with or without the greeting: chat.py and serve.py send each turn as a document of its own and take the
+    reply up to end-of-text, so a reply is as likely to end the document as to lead to another exchange."""
     role, place, trait = rng.choice(CHARACTERS)
     who, user = names(rng, 2)
-    turns = rng.sample(ASKS, rng.randint(0, 3))
-    if not turns or rng.random() < 0.6:
-        turns = [HELLO] + turns
+    exchanges, hello = (1 if rng.random() < 0.5 else rng.randint(2, 4)), rng.random() < 0.6
+    turns = [HELLO] * hello + rng.sample(ASKS, exchanges - hello)
     fill = dict(name=who, role=role, place=place, trait=trait)
     if rng.random() < 0.5:
         text = f"<|system|>Enter roleplay mode. You are {who}, {role} in {place}. You are {trait}."

@@ -34,7 +34,7 @@ Doc = tuple[str, str]
 # documents per generator at scale=1.0 (about 5M tokens in all with the stdlib part)
 GENERATED = {"math_facts": 14000, "math_drill": 3000, "math_fewshot": 12000, "math_word": 10000, "math_expr": 1000,
              "logic_syllogism": 4000, "logic_conditional": 3000, "logic_order": 4000,
-             "roleplay": 8000, "excerpt": 4500, "excerpt_copy": 4000, "code_small": 40000}
+             "roleplay": 8500, "excerpt": 4500, "excerpt_copy": 4000, "code_small": 40000}
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3"}
 MAX_CODE_LINES = 20  # longer functions say little more and crowd out the short ones a small model can learn
 TOPIC_CHUNK = 3000  # characters per [Textbook] document cut from a long documentation topic

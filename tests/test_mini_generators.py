@@ -99,8 +99,8 @@ def test_names_come_from_a_wide_pool():
     assert len(people) > 300 and len(g.proper_nouns()) > 3000
 
 
-def test_roleplay_conversations_run_one_to_four_exchanges_and_a_third_end_after_one():
-    exchanges = []
+def test_roleplay_conversations_run_one_to_four_exchanges_and_half_end_after_one():
+    exchanges, singles_opening = [], set()
     for text in generated_texts("roleplay", 300):
         body = text.removeprefix("[Roleplay] ")
         if body.startswith("<|system|>"):
@@ -112,8 +112,11 @@ def test_roleplay_conversations_run_one_to_four_exchanges_and_a_third_end_after_
             turns = lines[::2]
         assert all(reply.strip() for _, reply in turns) if body.startswith("<|system|>") else True
         exchanges.append(len(turns))
+        if len(turns) == 1:
+            singles_opening.add("Hello!" in body)
     assert set(exchanges) == {1, 2, 3, 4}
-    assert 0.25 < exchanges.count(1) / len(exchanges) < 0.45  # a reply is often where a conversation ends
+    # a reply ends the document as often as not, whether it answers a greeting or a question (chat.py's turns)
+    assert 0.4 < exchanges.count(1) / len(exchanges) < 0.6 and singles_opening == {True, False}
 
 
 def test_generated_codec_tables_are_left_out_of_the_stdlib_documents():
