@@ -300,8 +300,9 @@ def roleplay(rng: random.Random) -> Doc:
     reply up to end-of-text, so a reply is as likely to end the document as to lead to another exchange."""
     role, place, trait = rng.choice(CHARACTERS)
     who, user = names(rng, 2)
-    exchanges, hello = (1 if rng.random() < 0.5 else rng.randint(2, 4)), rng.random() < 0.6
-    turns = [HELLO] * hello + rng.sample(ASKS, exchanges - hello)
+    exchanges = 1 if rng.random() < 0.5 else rng.randint(2, 4)
+    opening = [HELLO] if rng.random() < 0.6 else []
+    turns = opening + rng.sample(ASKS, exchanges - len(opening))
     fill = dict(name=who, role=role, place=place, trait=trait)
     if rng.random() < 0.5:
         text = f"<|system|>Enter roleplay mode. You are {who}, {role} in {place}. You are {trait}."
