@@ -34,7 +34,7 @@ gradient_accumulation_steps = 1
 # A small model trained briefly tolerates, and needs, a high learning rate: 2e-3 with a short warmup, cosine
 # to a tenth of it so the last steps consolidate instead of bouncing.
 learning_rate = 2e-3
-max_iters = 1200  # few-shot 54-64 % at 600 steps, 90-96 % at 800, 100 % at 1,200 (docs/capability.md)
+max_iters = 1200  # few-shot 54-64 % at 600 steps, 90-96 % at 800, 96-100 % at 1,200 (docs/capability.md)
 lr_decay_iters = 1200
 warmup_iters = 30
 min_lr = 2e-4
