@@ -227,15 +227,14 @@ def plan_for(model, batch_size: int, block_size: int, micro_steps: int, optimize
              gradient_checkpointing: bool, dtype: str, device: str) -> Plan:
     """The plan for train.py's own settings and model (its head_shortlist, if set, sizes the logits)."""
     cfg = model.config
-    shortlist = getattr(model, "head_shortlist", None)
     settings = (lora_info or {}).get("settings", {})
     return Plan(Shape(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.bias), batch_size, block_size,
                 lora_rank=settings.get("rank", 0), optimizer=optimizer,
                 gradient_checkpointing=gradient_checkpointing, dtype=dtype,
                 attention=attention_path(device, dtype, block_size), fused_head=cpu_kernels_pay_off(device, dtype),
-                head_rows=len(shortlist.rows) if shortlist is not None else None, accumulation=micro_steps > 1,
-                lora_targets=tuple(settings.get("targets", LORA_TARGETS)), device=device,
-                capacity=device_capacity(device))
+                head_rows=len(model.head_shortlist.rows) if model.head_shortlist is not None else None,
+                accumulation=micro_steps > 1, lora_targets=tuple(settings.get("targets", LORA_TARGETS)),
+                device=device, capacity=device_capacity(device))
 
 
 def gpu_table(rank: int = 16, block_size: int = 1024, batch_size: int = 4, dtype: str = "bfloat16") -> list[Plan]:
