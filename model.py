@@ -156,7 +156,7 @@ class GPT(nn.Module):
         j = i - offsets[h] and no other (random frequencies do not alias). Values stay random; training
         takes it from there."""
         C, hd = self.config.n_embd, self.config.n_embd // self.config.n_head
-        n_freq = min(n_freq, hd // 2, C // 4)
+        n_freq = self._position_freqs(n_freq)
         if len(offsets) > self.config.n_head or any(not 0 < d < self.config.block_size for d in offsets):
             raise UserError(f"offset_heads {offsets}: at most {self.config.n_head} offsets (layer 0's heads), "
                             f"each between 1 and {self.config.block_size - 1}")
@@ -179,6 +179,56 @@ class GPT(nn.Module):
                 attn.weight[ks, i_s] = attn.weight[kc, i_c] = 1.0
                 attn.weight[qs, i_s], attn.weight[qs, i_c] = c, -s
                 attn.weight[qc, i_c], attn.weight[qc, i_s] = c, s
+
+    def _position_freqs(self, n_freq: int = 32) -> int:
+        """How many sinusoid frequencies init_offset_heads puts in the last 2 * n_freq dims of wpe."""
+        return min(n_freq, self.config.n_embd // self.config.n_head // 2, self.config.n_embd // 4)
+
+    @torch.no_grad()
+    def init_induction_head(self, prev_head: int, layer: int = 1, head: int = 0, token_std: float = 0.1,
+                            match: float = 2.0, copy: float = 4.0) -> None:
+        """Start `head` of `layer` as an induction head: at a token seen before, it attends to the token that
+        followed the earlier occurrence and predicts it. Copying from the prompt (a year from the excerpt, a
+        name from the premises, an operand from the question) builds on this circuit, and a fresh model does
+        not form it within the embedded default's budget: 0 % on repeated random tokens after 1,200 steps
+        (docs/capability.md). Call after init_offset_heads; prev_head is its head looking 1 back.
+        The residual is split so that the parts do not blur one another under LayerNorm: token content in the
+        first dims (wte, std token_std, five times GPT-2's so that it stands out from the blocks' outputs),
+        a slot for the previous token's content after it, position sinusoids in the last 2 * n_freq dims
+        (the rest of wpe zero). prev_head's values read the token through an orthonormal map P and write it
+        into the slot; the induction head's queries read the token through P, its keys the slot (both scaled
+        by `match`), its values the token through P, and its output writes `copy` * P^T back into the token
+        dims, which the tied LM head reads as that token. Plain GPT-2 weights, free to train."""
+        C, nh = self.config.n_embd, self.config.n_head
+        hd = C // nh
+        positions = C - 2 * self._position_freqs()
+        n_tok = positions - hd  # token dims [0, n_tok), slot [n_tok, positions)
+        if not 0 < layer < self.config.n_layer or not 0 <= head < nh or not 0 <= prev_head < nh or n_tok < hd:
+            raise UserError(f"induction_head needs at least 2 layers and n_embd of at least 2 heads' width plus "
+                            f"the offset heads' {C - positions} position dims (n_layer={self.config.n_layer}, "
+                            f"n_head={nh}, n_embd={C})")
+        P = torch.linalg.qr(torch.randn(n_tok, hd, generator=torch.Generator().manual_seed(0)))[0].T  # (hd, n_tok)
+        wte, wpe = self.transformer.wte.weight, self.transformer.wpe.weight
+        wte[:, n_tok:] = 0
+        wte[:, :n_tok].normal_(0.0, token_std)
+        wpe[:, :positions] = 0
+        wpe[:, positions:] *= 2  # the offset heads' sinusoids, as sharp beside the larger token embeddings
+        slot = torch.zeros(C, hd)
+        slot[n_tok:positions] = torch.eye(hd)
+        tok = torch.zeros(hd, C)
+        tok[:, :n_tok] = P
+
+        def set_head(attn, h: int, q=None, k=None, v=None, out=None) -> None:
+            for part, w in enumerate((q, k, v)):
+                if w is not None:
+                    rows = slice(part * C + h * hd, part * C + (h + 1) * hd)
+                    attn.c_attn.weight[rows] = w
+                    if attn.c_attn.bias is not None:
+                        attn.c_attn.bias[rows] = 0
+            attn.c_proj.weight[:, h * hd:(h + 1) * hd] = out
+
+        set_head(self.transformer.h[0].attn, prev_head, v=tok, out=slot)
+        set_head(self.transformer.h[layer].attn, head, q=match * tok, k=match * slot.T, v=tok, out=copy * tok.T)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are left out by default (token embeddings count, as

@@ -1,0 +1,46 @@
+"""The induction head set at init (model.init_induction_head): the embedded default's copying from the prompt
+builds on it."""
+import random
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from errors import UserError
+from model import GPT, GPTConfig
+
+
+def repeat_accuracy(model: GPT, vocab: int, lists: int = 32) -> float:
+    """Greedy next-token accuracy on the second copy of random token lists (after its first token)."""
+    rng, hit, total = random.Random(1), 0, 0
+    model.eval()
+    with torch.no_grad():
+        for _ in range(lists):
+            k = rng.randint(8, 20)
+            said = [rng.randrange(vocab) for _ in range(k)]
+            logits, _ = model(torch.tensor([said + said[:-1]]), all_logits=True)
+            hit += int((logits[0, k:].argmax(-1) == torch.tensor(said[1:])).sum())
+            total += k - 1
+    return hit / total
+
+
+def test_induction_head_copies_repeated_tokens_from_the_start():
+    torch.manual_seed(0)
+    config = GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=128, dropout=0.0)
+    model = GPT(config)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    model.init_offset_heads([1, 2, 3, 4])
+    assert repeat_accuracy(model, 512) < 0.1  # offset heads alone do not copy
+    model.init_induction_head(prev_head=0)
+    assert repeat_accuracy(model, 512) > 0.8
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes  # plain GPT-2 weights
+    assert GPT(GPTConfig(**asdict(config))).config == model.config
+
+
+@pytest.mark.parametrize("shape", [dict(n_layer=1, n_head=4, n_embd=128), dict(n_layer=2, n_head=2, n_embd=32)])
+def test_induction_head_needs_a_second_layer_and_room(shape):
+    model = GPT(GPTConfig(block_size=32, vocab_size=128, dropout=0.0, **shape))
+    model.init_offset_heads([1])
+    with pytest.raises(UserError, match="induction_head needs at least 2 layers"):
+        model.init_induction_head(prev_head=0)
+
