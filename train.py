@@ -68,6 +68,8 @@ n_embd = 384
 dropout = 0.0
 bias = True
 offset_heads = ""  # e.g. "1,2,3": layer 0's first heads start out attending 1, 2, 3 tokens back (scratch only)
+induction_head = False  # True: layer 1's first head starts out as an induction head, the circuit that copying
+# from the prompt builds on (model.init_induction_head; scratch runs with an offset head looking 1 back)
 shortlist_head = False  # True: the LM head computes only the rows of tokens the data uses and one for the rest,
 # which start out equal and stay so: the same loss and gradients as the full head (shortlist.py; scratch runs,
 # or runs resumed from one)
@@ -196,6 +198,10 @@ def main() -> None:
     run_block_size = model.config.block_size  # a resumed run keeps its checkpoint's
     if offsets:
         model.init_offset_heads(offsets)
+    if induction_head and init_from == "scratch":
+        if 1 not in offsets:
+            raise UserError("induction_head needs an offset head looking 1 back: add 1 to offset_heads (e.g. 1,2,3,4)")
+        model.init_induction_head(prev_head=offsets.index(1))
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
     if ddp and local_rank != 0:
@@ -229,7 +235,8 @@ def main() -> None:
         print(f"{world_size} process(es) on {dev}, precision {dtype_name} ({why})")
         print(f"model: {raw_model.get_num_params() / 1e6:.1f}M parameters, {raw_model.config.n_layer} layers, "
               f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}"
-              + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else ""))
+              + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else "")
+              + (", an induction head in layer 1" if induction_head and offsets else ""))
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")

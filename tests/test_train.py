@@ -341,6 +341,8 @@ def test_fp16_run_whose_every_step_overflows_stops(tmp_path, tiny_data):
     (["--eval_iters=0"], ["eval_iters=0 must be at least 1"]),
     (["--offset_heads=1,two"], ["offset_heads must be comma-separated token counts"]),
     (["--offset_heads=1,9999"], ["offset_heads [1, 9999]: at most", "each between 1 and"]),
+    (["--induction_head=True", "--offset_heads=2"], ["induction_head needs an offset head looking 1 back"]),
+    (["--induction_head=True", "--offset_heads=1"], ["induction_head needs at least 2 layers", "n_embd=32"]),
     (["--init_from=/a/path/that/does/not/exist"], ["init_from=/a/path/that/does/not/exist: no such directory"])])
 def test_settings_that_cannot_run_are_one_line(tmp_path, tiny_data, args, phrases):
     result = run_train(tmp_path, f"--dataset={tiny_data}", *args, check=False)
@@ -354,3 +356,14 @@ def test_inference_reads_the_same_init_from_dispatch(tmp_path):
         load_model("./no/such/dir", str(tmp_path))
     with pytest.raises(UserError, match="scratch has no weights"):
         load_model("scratch", str(tmp_path))
+
+
+
+def test_induction_head_trains_and_resumes(tmp_path, tiny_data):
+    common = [f"--dataset={tiny_data}", "--n_head=4", "--n_embd=64", "--offset_heads=1,2", "--induction_head=True",
+              "--eval_interval=2"]
+    first = run_train(tmp_path, *common, "--max_iters=2")
+    resumed = run_train(tmp_path, *common, "--max_iters=4", "--init_from=resume")  # keeps its trained weights
+    assert "resuming from" in resumed.stdout
+    losses = iteration_losses(first.stdout) | iteration_losses(resumed.stdout)
+    assert sorted(losses) == [1, 2, 3, 4] and all(0 < v < 20 for v in losses.values())
