@@ -26,6 +26,7 @@ n_head = 4
 n_embd = 256
 dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
+induction_head = True  # layer 1's first head starts out copying what followed the current token before
 shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
 batch_size = 12  # 16 learned no more and took 541 s against 425 (docs/capability.md, E34-E37)
