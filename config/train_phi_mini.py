@@ -12,8 +12,10 @@ The LM head multiplies only the ~19k tokens data/mini uses (shortlist_head: exac
 step time), which is what buys 1,200 steps instead of 800. Layer 0's four heads start out looking 1, 2, 3 and
 4 tokens back (offset_heads): `3+4=` needs the operands 1 and 3 back, `... 23+1=24 24+1=` the last answer 4
 back, and a fresh model otherwise spends most of these steps on a loss plateau before it finds them. With
-them it gets single-digit sums and few-shot lines right; reading names and facts out of a longer prompt it
-does not learn in this budget (docs/capability.md has every lever measured).
+them it gets single-digit sums and few-shot lines right. Copying from the prompt (a word problem's operands,
+a year from the excerpt, a constant into code) needs an induction head, which a fresh model does not build in
+this budget: induction_head starts layer 1 with one (word problems 12 -> 48-70 %, excerpt facts 0 -> 36-70 %;
+docs/capability.md has every lever measured).
 bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
 """
 
@@ -26,7 +28,7 @@ n_head = 4
 n_embd = 256
 dropout = 0.0  # well under one epoch: nothing to regularize
 offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens back (model.init_offset_heads)
-induction_head = True  # layer 1's first head starts out copying what followed the current token before
+induction_head = True  # layer 1's first head starts out predicting what followed the current token before
 shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
 batch_size = 12  # 16 learned no more and took 541 s against 425 (docs/capability.md, E34-E37)
