@@ -43,4 +43,3 @@ def test_induction_head_needs_a_second_layer_and_room(shape):
     model.init_offset_heads([1])
     with pytest.raises(UserError, match="induction_head needs at least 2 layers"):
         model.init_induction_head(prev_head=0)
-

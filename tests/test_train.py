@@ -358,7 +358,6 @@ def test_inference_reads_the_same_init_from_dispatch(tmp_path):
         load_model("scratch", str(tmp_path))
 
 
-
 def test_induction_head_trains_and_resumes(tmp_path, tiny_data):
     common = [f"--dataset={tiny_data}", "--n_head=4", "--n_embd=64", "--offset_heads=1,2", "--induction_head=True",
               "--eval_interval=2"]
