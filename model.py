@@ -184,6 +184,11 @@ class GPT(nn.Module):
         """How many sinusoid frequencies init_offset_heads puts in the last 2 * n_freq dims of wpe."""
         return min(n_freq, self.config.n_embd // self.config.n_head // 2, self.config.n_embd // 4)
 
+    def _token_dims(self) -> int:
+        """init_induction_head's layout: token content in dims [0, this), then a head's width of slot for the
+        previous token, then the position sinusoids."""
+        return self.config.n_embd - 2 * self._position_freqs() - self.config.n_embd // self.config.n_head
+
     @torch.no_grad()
     def init_induction_head(self, prev_head: int, layer: int = 1, head: int = 0, token_std: float = 0.1,
                             match: float = 2.0, copy: float = 4.0) -> None:
@@ -201,8 +206,8 @@ class GPT(nn.Module):
         dims, which the tied LM head reads as that token. Plain GPT-2 weights, free to train."""
         C, nh = self.config.n_embd, self.config.n_head
         hd = C // nh
-        positions = C - 2 * self._position_freqs()
-        n_tok = positions - hd  # token dims [0, n_tok), slot [n_tok, positions)
+        n_tok = self._token_dims()  # token dims [0, n_tok), slot [n_tok, positions)
+        positions = n_tok + hd
         if not 0 < layer < self.config.n_layer or not 0 <= head < nh or not 0 <= prev_head < nh or n_tok < hd:
             raise UserError(f"induction_head needs at least 2 layers and n_embd of at least 2 heads' width plus "
                             f"the offset heads' {C - positions} position dims (n_layer={self.config.n_layer}, "
@@ -229,6 +234,34 @@ class GPT(nn.Module):
 
         set_head(self.transformer.h[0].attn, prev_head, v=tok, out=slot)
         set_head(self.transformer.h[layer].attn, head, q=match * tok, k=match * slot.T, v=tok, out=copy * tok.T)
+
+    @torch.no_grad()
+    def init_number_embeddings(self, numbers: dict[int, str], feature_std: float = 0.06, own_std: float = 0.03,
+                               seed: int = 1) -> None:
+        """Start the number tokens' embeddings as sums of their digits' (`numbers`: token id -> its text, up to
+        three digits with or without a leading space, as tokenizer.number_tokens gives them). GPT-2's BPE makes
+        ` 47` one token with nothing in common with ` 46` or ` 17`: every two-digit sum is a fact of its own,
+        and a sum training never showed cannot be worked out (0-6 % on held-out pairs, docs/capability.md).
+        Here ` 47` starts as ones[7] + tens[4] + hundreds[blank] + space, random vectors shared by all numbers,
+        plus a little of its own: the tied LM head then scores an answer's digits separately, so `12 + 35 =`
+        can be answered digit by digit, the single-digit table being the ones digit's. In the token dims of
+        init_induction_head's layout; plain GPT-2 weights, free to train."""
+        n_tok = self._token_dims()
+        if n_tok < 16:
+            raise UserError(f"number_embeddings needs at least 16 token dims beside the position and slot dims; "
+                            f"n_embd={self.config.n_embd} with n_head={self.config.n_head} leaves {max(n_tok, 0)}: "
+                            "raise n_embd")
+        g = torch.Generator().manual_seed(seed)
+        places = torch.randn(3, 11, n_tok, generator=g) * feature_std  # ones, tens, hundreds x digit 0-9 or blank
+        space = torch.randn(2, n_tok, generator=g) * feature_std
+        wte = self.transformer.wte.weight
+        for tok, text in numbers.items():
+            digits = text.lstrip(" ")
+            if not (digits.isdigit() and len(digits) <= 3 and text in (digits, " " + digits)):
+                raise ValueError(f"init_number_embeddings: token {tok} is {text!r}, not a number of 1-3 digits")
+            padded = [int(d) for d in reversed(digits)] + [10] * (3 - len(digits))
+            v = space[len(text) - len(digits)] + sum(places[p, d] for p, d in enumerate(padded))
+            wte[tok, :n_tok] = v + torch.randn(n_tok, generator=g) * own_std
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are left out by default (token embeddings count, as

@@ -66,3 +66,19 @@ def get_encoding(bpe_dir: str | None = None) -> tiktoken.Encoding:
 def bpe_hash() -> str:
     """One fingerprint for the tokenizer, recorded in datasets' meta.json."""
     return hashlib.sha256((BPE_SHA256["vocab.bpe"] + BPE_SHA256["encoder.json"]).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def number_tokens(bpe_dir: str | None = None) -> dict[int, str]:
+    """GPT-2's tokens that are a whole number of one to three digits, with or without a leading space
+    (` 47`, `147`): token id -> text. model.init_number_embeddings builds their embeddings from their digits."""
+    enc = get_encoding(bpe_dir)
+    found = {}
+    for tok in range(enc.n_vocab):
+        if tok == EOT_ID:
+            continue
+        text = enc.decode_single_token_bytes(tok).decode("utf-8", errors="replace")
+        digits = text[1:] if text.startswith(" ") else text
+        if digits.isascii() and digits.isdigit() and len(digits) <= 3:
+            found[tok] = text
+    return found

@@ -38,7 +38,7 @@ from logger import RunLogger
 from kernels import cpu_kernels_pay_off
 from model import GPT, GPTConfig
 from shortlist import HeadShortlist, used_tokens
-from tokenizer import VOCAB_SIZE
+from tokenizer import VOCAB_SIZE, number_tokens
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -70,6 +70,7 @@ bias = True
 offset_heads = ""  # e.g. "1,2,3": layer 0's first heads start out attending 1, 2, 3 tokens back (scratch only)
 induction_head = False  # True: layer 1's first head starts out as an induction head, the circuit that copying
 # from the prompt builds on (model.init_induction_head; scratch runs with an offset head looking 1 back)
+number_embeddings = False  # True: number tokens start as sums of their digits' embeddings (scratch only)
 shortlist_head = False  # True: the LM head computes only the rows of tokens the data uses and one for the rest,
 # which start out equal and stay so: the same loss and gradients as the full head (shortlist.py; scratch runs,
 # or runs resumed from one)
@@ -202,6 +203,8 @@ def main() -> None:
         if 1 not in offsets:
             raise UserError("induction_head needs an offset head looking 1 back: add 1 to offset_heads (e.g. 1,2,3,4)")
         model.init_induction_head(prev_head=offsets.index(1))
+    if number_embeddings and init_from == "scratch":
+        model.init_number_embeddings(number_tokens())
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
     if ddp and local_rank != 0:
@@ -236,7 +239,8 @@ def main() -> None:
         print(f"model: {raw_model.get_num_params() / 1e6:.1f}M parameters, {raw_model.config.n_layer} layers, "
               f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}"
               + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else "")
-              + (", an induction head in layer 1" if induction_head and offsets else ""))
+              + (", an induction head in layer 1" if induction_head and offsets else "")
+              + (", number tokens built from their digits" if number_embeddings and init_from == "scratch" else ""))
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")

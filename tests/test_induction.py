@@ -43,3 +43,32 @@ def test_induction_head_needs_a_second_layer_and_room(shape):
     model.init_offset_heads([1])
     with pytest.raises(UserError, match="induction_head needs at least 2 layers"):
         model.init_induction_head(prev_head=0)
+
+
+def test_number_tokens_are_gpt2s_whole_numbers_up_to_three_digits():
+    from tokenizer import get_encoding, number_tokens
+    numbers, enc = number_tokens(), get_encoding()
+    texts = set(numbers.values())
+    assert {str(k) for k in range(361)} <= texts and {f" {k}" for k in range(361)} <= texts
+    assert all(enc.decode([tok]) == text for tok, text in numbers.items())
+    assert not texts & {" 1957", "1957", "a1", " -3", "3.5"}
+
+
+def test_number_embeddings_are_built_from_digits():
+    from tokenizer import get_encoding, number_tokens
+    enc = get_encoding()
+    model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=4, n_embd=128, dropout=0.0))
+    model.init_offset_heads([1, 2, 3, 4])
+    model.init_induction_head(prev_head=0)
+    word = model.transformer.wte.weight[enc.encode(" river")[0]].clone()
+    model.init_number_embeddings(number_tokens())
+    wte = model.transformer.wte.weight
+    e = {text: wte[enc.encode(text)[0]] for text in [" 47", " 46", " 17", " 16", "47", " 12", "12", " 147", " 3"]}
+    cos = torch.nn.functional.cosine_similarity
+    # one digit changed moves every number the same way; so does the leading space
+    assert cos(e[" 47"] - e[" 46"], e[" 17"] - e[" 16"], dim=0) > 0.6
+    assert cos(e[" 47"] - e["47"], e[" 12"] - e["12"], dim=0) > 0.6
+    assert cos(e[" 147"] - e[" 47"], e[" 3"] - e[" 17"], dim=0) < 0.5  # a hundreds digit is not a tens digit
+    assert torch.equal(wte[enc.encode(" river")[0]], word)  # other tokens untouched
+    with pytest.raises(ValueError, match="not a number"):
+        model.init_number_embeddings({enc.encode(" river")[0]: " river"})

@@ -343,6 +343,7 @@ def test_fp16_run_whose_every_step_overflows_stops(tmp_path, tiny_data):
     (["--offset_heads=1,9999"], ["offset_heads [1, 9999]: at most", "each between 1 and"]),
     (["--induction_head=True", "--offset_heads=2"], ["induction_head needs an offset head looking 1 back"]),
     (["--induction_head=True", "--offset_heads=1"], ["induction_head needs at least 2 layers", "n_embd=32"]),
+    (["--number_embeddings=True"], ["number_embeddings needs at least 16 token dims", "raise n_embd"]),
     (["--init_from=/a/path/that/does/not/exist"], ["init_from=/a/path/that/does/not/exist: no such directory"])])
 def test_settings_that_cannot_run_are_one_line(tmp_path, tiny_data, args, phrases):
     result = run_train(tmp_path, f"--dataset={tiny_data}", *args, check=False)
@@ -358,9 +359,9 @@ def test_inference_reads_the_same_init_from_dispatch(tmp_path):
         load_model("scratch", str(tmp_path))
 
 
-def test_induction_head_trains_and_resumes(tmp_path, tiny_data):
+def test_induction_head_and_number_embeddings_train_and_resume(tmp_path, tiny_data):
     common = [f"--dataset={tiny_data}", "--n_head=4", "--n_embd=64", "--offset_heads=1,2", "--induction_head=True",
-              "--eval_interval=2"]
+              "--number_embeddings=True", "--eval_interval=2"]
     first = run_train(tmp_path, *common, "--max_iters=2")
     resumed = run_train(tmp_path, *common, "--max_iters=4", "--init_from=resume")  # keeps its trained weights
     assert "resuming from" in resumed.stdout
