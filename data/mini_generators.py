@@ -139,6 +139,8 @@ def math_drill(rng: random.Random) -> Doc:
         kind = rng.random()
         if kind < 0.6:
             a, b = two_numbers(rng)
+            while not lines and a < 10 and b < 10:  # as in math_facts: no `a + b =` of single digits opens it
+                a, b = two_numbers(rng)
             lines.append(equation(a, "+", b, spaced))
         elif kind < 0.85:
             a, b = two_numbers(rng)

@@ -60,7 +60,9 @@ def test_every_single_digit_sum_is_drilled_and_never_opens_a_document_spaced():
     texts = generated_texts("math_facts", 600)
     sums = set(re.findall(r"\b(\d) ?\+ ?(\d) ?= ?\d+", "\n".join(texts)))
     assert len(sums) == 100
-    assert not any(re.match(r"\[Math\] \d \+ \d =", t) for t in texts)
+    # eval.py's `[Math] 3 + 4 =` prompts: neither the table nor the two-digit drills (which have some
+    # single-digit operands) open a document with one
+    assert not any(re.match(r"\[Math\] \d \+ \d =", t) for t in texts + generated_texts("math_drill", 3000))
     # sums also follow `, ` or `; ` (first operand ` 3`, as in the prompt `[Math] 3 + 4 =`), not only a newline
     after_space = set(re.findall(r"[,;] (\d) \+ (\d) = \d+", "\n".join(texts)))
     assert len(after_space) > 90
