@@ -203,7 +203,8 @@ def main() -> None:
         if 1 not in offsets:
             raise UserError("induction_head needs an offset head looking 1 back: add 1 to offset_heads (e.g. 1,2,3,4)")
         model.init_induction_head(prev_head=offsets.index(1))
-    if number_embeddings and init_from == "scratch":
+    digit_numbers = number_embeddings and init_from == "scratch"  # like the shape: trained weights keep theirs
+    if digit_numbers:
         model.init_number_embeddings(number_tokens())
     if run_block_size < 1:
         raise UserError(f"block_size must be at least 1, got {run_block_size}")
@@ -240,7 +241,7 @@ def main() -> None:
               f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}"
               + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else "")
               + (", an induction head in layer 1" if induction_head and offsets else "")
-              + (", number tokens built from their digits" if number_embeddings and init_from == "scratch" else ""))
+              + (", number tokens built from their digits" if digit_numbers else ""))
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")
