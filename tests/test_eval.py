@@ -59,6 +59,11 @@ def test_scorers_accept_the_right_answer_and_reject_others():
     assert tasks["logic_order"].score(item, item.expected + "\nmore", True)["exact"]
     item = tasks["excerpt_fact"].make(rng)
     assert tasks["excerpt_fact"].score(item, f" {item.expected}", True)["exact"]
+    for _ in range(20):  # the target is a year or a count of the text; the place is a task of its own
+        fact, where = tasks["excerpt_fact"].make(rng), tasks["excerpt_place"].make(rng)
+        assert fact.expected.isdigit() and f" {fact.expected} " in fact.prompt
+        assert not where.expected.isdigit() and f" {where.expected} " in where.prompt
+        assert tasks["excerpt_place"].score(where, f" {where.expected}.\n", True)["exact"]
     item = formats.roleplay(random.Random(0))
     good = " Hello there.<|user|>Where are we?<|model|>In the market." if item.entry == "metharme" else \
         f" Hello there.\n{item.entry.split('|')[0]}: Where are we?"
