@@ -338,6 +338,13 @@ FACTS = [
 ]
 
 
+def year(rng: random.Random) -> int:
+    """Half the years from 1900-2022, which GPT-2 writes as one token (` 1957`), half from 1000-2099, mostly
+    two (` 12` `34`). Drawn from 1000-2099 alone, six answers in seven began with a century-like token, and the
+    model learned to start a year with one (` 12`, ` 18`) instead of copying the excerpt's ` 1920`."""
+    return rng.randint(1900, 2022) if rng.random() < 0.5 else rng.randint(1000, 2099)
+
+
 def excerpt(rng: random.Random) -> list[Doc]:
     """A short text of two or three facts about one or two people, with its own years and counts, asked
     two questions (two documents): the answer is a span of the text, found by what the question names."""
@@ -346,7 +353,7 @@ def excerpt(rng: random.Random) -> list[Doc]:
     sentences, questions = [], []
     for sentence, qs in chosen:
         building, parts = rng.choice(BUILDINGS)
-        fill = dict(n=rng.choice(people), p=name(rng), y=rng.randint(1000, 2099), k=rng.randint(2, 99),
+        fill = dict(n=rng.choice(people), p=name(rng), y=year(rng), k=rng.randint(2, 99),
                     item=rng.choice(ITEMS), pet=rng.choice(PETS), job=rng.choice(JOBS), shop=rng.choice(SHOPS),
                     topic=rng.choice(TOPICS), building=building, parts=parts)
         sentences.append(sentence.format(**fill))

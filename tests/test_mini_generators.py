@@ -22,6 +22,17 @@ def test_excerpt_answers_are_spans_of_their_text():
         assert answer.removeprefix("a ").removeprefix("in ") in body, text
 
 
+def test_excerpt_years_are_often_one_token_as_in_most_text():
+    """Half the years one GPT-2 token (` 1920`), the rest anywhere in 1000-2099: a year answer must be copied,
+    not begun with a century-like token (` 12`) learned from two-token years."""
+    import random
+    from tokenizer import get_encoding
+    enc, rng = get_encoding(), random.Random(0)
+    years = [g.year(rng) for _ in range(400)]
+    one_token = sum(len(enc.encode(f" {y}")) == 1 for y in years)
+    assert 0.45 * len(years) < one_token < 0.75 * len(years) and min(years) < 1900
+
+
 def test_ordering_answers_name_the_right_person_from_the_premises():
     for text in generated_texts("logic_order", 150):
         prompt, answer = prompt_and_answer(text)
