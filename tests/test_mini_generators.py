@@ -2,11 +2,13 @@
 items eval.py holds out never appear."""
 
 import ast
+import random
 import re
 
 from data import mini_generators as g
 from helpers import generated_texts
 from tags import response_start
+from tokenizer import get_encoding
 
 
 def prompt_and_answer(text: str) -> tuple[str, str]:
@@ -25,8 +27,6 @@ def test_excerpt_answers_are_spans_of_their_text():
 def test_excerpt_years_are_often_one_token_as_in_most_text():
     """Half the years one GPT-2 token (` 1920`), the rest anywhere in 1000-2099: a year answer must be copied,
     not begun with a century-like token (` 12`) learned from two-token years."""
-    import random
-    from tokenizer import get_encoding
     enc, rng = get_encoding(), random.Random(0)
     years = [g.year(rng) for _ in range(400)]
     one_token = sum(len(enc.encode(f" {y}")) == 1 for y in years)
