@@ -297,12 +297,13 @@ ASKS = [("What is your name?", "My name is {name}."), ("Where are we?", "We are 
 
 
 def roleplay(rng: random.Random) -> Doc:
-    """A conversation of one to four exchanges, most opening with a greeting. Half are a single exchange,
-    with or without the greeting: chat.py and serve.py send each turn as a document of its own and take the
-    reply up to end-of-text, so a reply is as likely to end the document as to lead to another exchange."""
+    """A conversation of one to four exchanges, most opening with a greeting. Three in four are a single
+    exchange, with or without the greeting: chat.py and serve.py send each turn as a document of its own and
+    take the reply up to end-of-text, so a reply that ends the document is what they need. At one in two, two
+    in five of eval.py's roleplay replies ran on into a next turn that broke the layout (mangled names)."""
     role, place, trait = rng.choice(CHARACTERS)
     who, user = names(rng, 2)
-    exchanges = 1 if rng.random() < 0.5 else rng.randint(2, 4)
+    exchanges = 1 if rng.random() < 0.75 else rng.randint(2, 4)
     opening = [HELLO] if rng.random() < 0.6 else []
     turns = opening + rng.sample(ASKS, exchanges - len(opening))
     fill = dict(name=who, role=role, place=place, trait=trait)
@@ -339,10 +340,10 @@ FACTS = [
 
 
 def year(rng: random.Random) -> int:
-    """Half the years from 1900-2022, which GPT-2 writes as one token (` 1957`), half from 1000-2099, mostly
-    two (` 12` `34`). Drawn from 1000-2099 alone, six answers in seven began with a century-like token, and the
-    model learned to start a year with one (` 12`, ` 18`) instead of copying the excerpt's ` 1920`."""
-    return rng.randint(1900, 2022) if rng.random() < 0.5 else rng.randint(1000, 2099)
+    """Three years in four from 1900-2022, which GPT-2 writes as one token (` 1957`), the rest from 1000-2099,
+    mostly two (` 12` `34`). Drawn from 1000-2099 alone, six answers in seven began with a century-like token,
+    and the model learned to start a year with one (` 12`, ` 18`) instead of copying the excerpt's ` 1920`."""
+    return rng.randint(1900, 2022) if rng.random() < 0.75 else rng.randint(1000, 2099)
 
 
 def excerpt(rng: random.Random) -> list[Doc]:
@@ -493,7 +494,12 @@ def code_small(rng: random.Random) -> Doc | list[Doc]:
     # function, QA with nothing, and without short QA answers like these a docstring-like answer ran on
     # (`Return a list of the number of the number of ...`) in a third of eval.py's QA prompts.
     module = made_up_name(rng).lower()
-    return [code, ("QA", format_qa(f"What does `{fn}()` in `{module}` do?", doc))]
+    if rng.random() < 0.5:
+        return [code, ("QA", format_qa(f"What does `{fn}()` in `{module}` do?", doc))]
+    # Asked about the module itself, a one-sentence answer: without these, eval's `What is the Python module
+    # X for?` (a few percent of the stdlib QA) was answered by copying the question until the token limit.
+    return [code, ("QA", format_qa(f"What is the Python module `{module}` for?",
+                                   f"A small module with `{fn}()`: {doc[0].lower()}{doc[1:]}"))]
 
 
 GENERATORS = {"math_facts": math_facts, "math_drill": math_drill, "math_fewshot": math_fewshot,

@@ -25,12 +25,12 @@ def test_excerpt_answers_are_spans_of_their_text():
 
 
 def test_excerpt_years_are_often_one_token_as_in_most_text():
-    """Half the years one GPT-2 token (` 1920`), the rest anywhere in 1000-2099: a year answer must be copied,
-    not begun with a century-like token (` 12`) learned from two-token years."""
+    """Three years in four one GPT-2 token (` 1920`), the rest anywhere in 1000-2099: a year answer must be
+    copied, not begun with a century-like token (` 12`) learned from two-token years."""
     enc, rng = get_encoding(), random.Random(0)
     years = [g.year(rng) for _ in range(400)]
     one_token = sum(len(enc.encode(f" {y}")) == 1 for y in years)
-    assert 0.45 * len(years) < one_token < 0.75 * len(years) and min(years) < 1900
+    assert 0.7 * len(years) < one_token < 0.9 * len(years) and min(years) < 1900
 
 
 def test_ordering_answers_name_the_right_person_from_the_premises():
@@ -94,15 +94,22 @@ def test_generated_code_parses_is_short_and_varied_and_leaves_eval_constants_out
 
 def test_generated_code_is_also_asked_about_as_qa_with_its_docstring_as_the_answer():
     texts = generated_texts("code_small", 600)
-    qa = [t for t in texts if t.startswith("[QA] ")]
+    qa, kinds = [t for t in texts if t.startswith("[QA] ")], set()
     assert 0.08 < len(qa) / len(texts) < 0.25 and len(qa) + sum(t.startswith("[Code] ") for t in texts) == len(texts)
     for text in qa:
         i = texts.index(text)
         doc = texts[i - 1].removeprefix("[Code] ").split("\n\n", 1)[0]  # the function it asks about
         fn = re.search(r"def (\w+)\(", texts[i - 1]).group(1)
-        assert re.fullmatch(rf"\[QA\] \*\*Question:\*\* What does `{fn}\(\)` in `[a-z]+` do\?\n\*\*Answer:\*\* "
-                            rf"{re.escape(doc)}", text), text
-        assert text[text.response_start:] == " " + doc
+        about_fn = re.fullmatch(rf"\[QA\] \*\*Question:\*\* What does `{fn}\(\)` in `[a-z]+` do\?\n"
+                                rf"\*\*Answer:\*\* {re.escape(doc)}", text)
+        # or about the made-up module: one sentence naming the function, then its docstring
+        answer = f"A small module with `{fn}()`: {doc[0].lower()}{doc[1:]}"
+        about_module = re.fullmatch(rf"\[QA\] \*\*Question:\*\* What is the Python module `[a-z]+` for\?\n"
+                                    rf"\*\*Answer:\*\* {re.escape(answer)}", text)
+        assert about_fn or about_module, text
+        assert text[text.response_start:] == " " + (doc if about_fn else answer)
+        kinds.add(bool(about_fn))
+    assert kinds == {True, False}
 
 
 def test_names_come_from_a_wide_pool():
@@ -112,7 +119,7 @@ def test_names_come_from_a_wide_pool():
     assert len(people) > 300 and len(g.proper_nouns()) > 3000
 
 
-def test_roleplay_conversations_run_one_to_four_exchanges_and_half_end_after_one():
+def test_roleplay_conversations_run_one_to_four_exchanges_and_most_end_after_one():
     exchanges, singles_opening = [], set()
     for text in generated_texts("roleplay", 300):
         body = text.removeprefix("[Roleplay] ")
@@ -128,8 +135,8 @@ def test_roleplay_conversations_run_one_to_four_exchanges_and_half_end_after_one
         if len(turns) == 1:
             singles_opening.add("Hello!" in body)
     assert set(exchanges) == {1, 2, 3, 4}
-    # a reply ends the document as often as not, whether it answers a greeting or a question (chat.py's turns)
-    assert 0.4 < exchanges.count(1) / len(exchanges) < 0.6 and singles_opening == {True, False}
+    # three conversations in four end after one reply, to a greeting or a question (chat.py's turns)
+    assert 0.65 < exchanges.count(1) / len(exchanges) < 0.85 and singles_opening == {True, False}
 
 
 def test_generated_codec_tables_are_left_out_of_the_stdlib_documents():
