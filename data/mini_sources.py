@@ -33,7 +33,7 @@ Doc = tuple[str, str]
 
 # documents per generator at scale=1.0 (about 5M tokens in all with the stdlib part); roleplay's are mostly one
 # exchange, so it takes 10,100 of them to keep the tag's share of the tokens (13 %)
-GENERATED = {"math_facts": 14000, "math_drill": 3000, "math_fewshot": 12000, "math_word": 10000, "math_expr": 1000,
+GENERATED = {"math_facts": 8000, "math_drill": 11000, "math_fewshot": 5500, "math_word": 10000, "math_expr": 1000,
              "logic_syllogism": 4000, "logic_conditional": 3000, "logic_order": 4000,
              "roleplay": 10100, "excerpt": 4500, "excerpt_copy": 4000, "code_small": 40000}
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3"}

@@ -67,6 +67,15 @@ def test_sums_and_word_problems_are_right():
         assert eval(f"{a}{op}{b}") == int(c) and a in prompt and b in prompt, text
 
 
+def test_two_digit_drills_are_mostly_sums_in_eval_layout_and_never_the_held_out_ones():
+    lines = [line for t in generated_texts("math_drill", 400) for line in t.removeprefix("[Math] ").split("\n")]
+    sums = [tuple(map(int, m.groups())) for line in lines if (m := re.fullmatch(r"(\d+) ?\+ ?(\d+) ?= ?\d+", line))]
+    # most lines a sum (what number_embeddings needs to see many of), most spaced as `[Math] 47 + 38 =`
+    assert 0.75 < len(sums) / len(lines) < 0.95 and sum(" + " in line for line in lines) > 0.55 * len(sums)
+    assert sum(a >= 10 and b >= 10 for a, b in sums) > 0.5 * len(sums)
+    assert not any(g.held_out_sum(a, b) for a, b in sums)
+
+
 def test_every_single_digit_sum_is_drilled_and_never_opens_a_document_spaced():
     texts = generated_texts("math_facts", 600)
     sums = set(re.findall(r"\b(\d) ?\+ ?(\d) ?= ?\d+", "\n".join(texts)))
