@@ -40,12 +40,16 @@ def held_out_words() -> frozenset[str]:
 
 @functools.cache
 def proper_nouns() -> tuple[str, ...]:
-    """GPT-2's single-token capitalized words that are not ordinary words in lower case: 'Alice', 'Hobart'
-    would qualify, 'Bob' (bob) would not. About 4,000, sorted, so the pool is the same on every machine."""
+    """GPT-2's single-token capitalized words that are names more often than words: 'Alice' (no 'alice'
+    token) and 'Tom' (' Tom' was merged before ' tom', so WebText wrote it capitalized more often) qualify,
+    'Will' and 'The' do not. About 4,900, sorted, so the pool is the same on every machine. A name token no
+    document holds is never trained, and with shortlist_head all such tokens share one vector: the model could
+    not tell Tom from Jack in a prompt, let alone copy one."""
     from tokenizer import get_encoding
     enc = get_encoding()
-    vocab = {enc.decode_single_token_bytes(i) for i in range(enc.n_vocab - 1)}
-    found = (b.decode()[1:] for b in vocab if re.fullmatch(rb" [A-Z][a-z]{2,8}", b) and b.lower() not in vocab)
+    rank = {enc.decode_single_token_bytes(i): i for i in range(enc.n_vocab - 1)}
+    found = (b.decode()[1:] for b, i in rank.items()
+             if re.fullmatch(rb" [A-Z][a-z]{2,8}", b) and rank.get(b.lower(), enc.n_vocab) > i)
     return tuple(sorted(w for w in found if w not in held_out_words()))
 
 

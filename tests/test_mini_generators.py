@@ -128,6 +128,14 @@ def test_names_come_from_a_wide_pool():
     assert len(people) > 300 and len(g.proper_nouns()) > 3000
 
 
+def test_name_pool_holds_common_first_names_that_are_also_lowercase_tokens_but_not_ordinary_words():
+    # ' tom' and ' john' are GPT-2 tokens too; left out, Tom and John were never trained and (shortlist_head)
+    # shared one vector with every other unseen token
+    pool = set(g.proper_nouns())
+    assert {"Tom", "John", "Bob", "Jack", "Amy", "Alice"} <= pool
+    assert not {"The", "When", "Will", "May", "If"} & pool
+
+
 def test_roleplay_conversations_run_one_to_four_exchanges_and_most_end_after_one():
     exchanges, singles_opening = [], set()
     for text in generated_texts("roleplay", 300):
