@@ -241,7 +241,7 @@ class GPT(nn.Module):
         """Start the number tokens' embeddings as sums of their digits' (`numbers`: token id -> its text, up to
         three digits with or without a leading space, as tokenizer.number_tokens gives them). GPT-2's BPE makes
         ` 47` one token with nothing in common with ` 46` or ` 17`: every two-digit sum is a fact of its own,
-        and a sum training never showed cannot be worked out (0-6 % on held-out pairs; 30-50 % with this and
+        and a sum training never showed cannot be worked out (0-6 % on held-out pairs; 24-50 % with this and
         the embedded default's two-digit drills, 58-68 % with Math at 39 % of the tokens, docs/capability.md).
         Here ` 47` starts as ones[7] + tens[4] + hundreds[blank] + space, random vectors shared by all numbers,
         plus a little of its own: the tied LM head then scores an answer's digits separately, so `12 + 35 =`

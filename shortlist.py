@@ -1,7 +1,7 @@
 """An exact LM head over only the tokens a dataset uses, for models trained from scratch on small data.
 
 GPT-2's head has a row for each of 50,304 tokens, and for a small model it is most of a training step: the
-4 x 256 embedded default has 13M of its 16M weights there, and data/mini uses about 19,400 of those tokens. A token
+4 x 256 embedded default has 13M of its 16M weights there, and data/mini uses about 20,400 of those tokens. A token
 the data never holds is never an input and never a target, so all its row gets in training is a push down
 through the softmax's normaliser, the same push for every such row. Rows that start out equal therefore get
 equal gradients every step, AdamW (moments, weight decay) moves them alike, and they stay equal. Then the
@@ -12,8 +12,9 @@ So the head multiplies only the used rows and one representative of the rest, an
 representative's gradient (n times each row's) is shared out among all n, so that clipping, the optimizer and
 weight decay see what the full head would give them. The loss, the gradients and the weights are the full
 head's (to float rounding: tests/test_shortlist.py); the model stays an ordinary GPT-2 of 50,304 rows that
-sample.py, export.py and transformers load as before, its unused tokens all alike. Measured on the embedded
-default's step: docs/capability.md.
+sample.py, export.py and transformers load as before, its unused tokens all alike. Alike means the model
+cannot tell one from another: a name the data never holds cannot be copied from a prompt (data/mini's name
+pool is wide for that reason). Measured on the embedded default's step: docs/capability.md.
 """
 
 import math

@@ -8,7 +8,7 @@ that GPT-2's 50k vocabulary needs), 256 tokens of context, 3,072 tokens per step
 tokens, three quarters of a pass over data/mini. The number of steps matters more than their size here: 1,200
 steps of 3,072 tokens learn the tasks 1,200 of 4,096 did (val loss 0.07 higher) in three quarters of the
 time; 1,000 steps of 4,096 do not.
-The LM head multiplies only the ~19k tokens data/mini uses (shortlist_head: exact, about half the
+The LM head multiplies only the ~20k tokens data/mini uses (shortlist_head: exact, about half the
 step time), which is what buys 1,200 steps instead of 800. Layer 0's four heads start out looking 1, 2, 3 and
 4 tokens back (offset_heads): `3+4=` needs the operands 1 and 3 back, `... 23+1=24 24+1=` the last answer 4
 back, and a fresh model otherwise spends most of these steps on a loss plateau before it finds them. With
@@ -31,9 +31,9 @@ offset_heads = "1,2,3,4"  # layer 0's heads start attending 1, 2, 3, 4 tokens ba
 induction_head = True  # layer 1's first head starts out predicting what followed the current token before
 # Number tokens start as sums of their digits' vectors (model.init_number_embeddings): GPT-2 writes ` 47` as
 # one token unrelated to ` 46`, so a two-digit sum training never showed could not be worked out (0-6 %); with
-# this and data/mini's two-digit drills, 30-50 % of held-out sums come right (three runs, n = 50)
+# this and data/mini's two-digit drills, 24-50 % of held-out sums come right (six runs, n = 50)
 number_embeddings = True
-shortlist_head = True  # the LM head over the ~19k tokens data/mini uses, exactly (shortlist.py)
+shortlist_head = True  # the LM head over the ~20k tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
 batch_size = 12  # 16 learned no more and took 541 s against 425 (docs/capability.md, E34-E37)
 gradient_accumulation_steps = 1
