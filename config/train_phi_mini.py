@@ -33,7 +33,7 @@ induction_head = True  # layer 1's first head starts out predicting what followe
 # one token unrelated to ` 46`, so a two-digit sum training never showed could not be worked out (0-6 %); with
 # this and data/mini's two-digit drills, 24-50 % of held-out sums come right (six runs, n = 50)
 number_embeddings = True
-shortlist_head = True  # the LM head over the ~20k tokens data/mini uses, exactly (shortlist.py)
+shortlist_head = True  # the LM head over only the tokens data/mini uses, exactly (shortlist.py)
 block_size = 256
 batch_size = 12  # 16 learned no more and took 541 s against 425 (docs/capability.md, E34-E37)
 gradient_accumulation_steps = 1
