@@ -149,13 +149,17 @@ def main(argv: list[str] | None = None) -> None:
                   f"the tasks against its training text (give --dataset=PATH)")
     losses = tagged_val_loss(model, data, run, dev) if data is not None and val_loss else None
     generator = engine.for_decoding(model, dev, dtype)
-    seen = TrainingText(data.tokens["train"]).__contains__ if data is not None else None
+    training = TrainingText(data.tokens["train"]) if data is not None else None
     results = {}
     for task in pick_tasks(tasks) if tasks else []:
         n = min(limit or task.n, task.finite or 10 ** 9)
-        items, skipped = build_items(task, seed, n, seen)
+        items, skipped = build_items(task, seed, n, training.__contains__ if training else None)
         results[task.name] = run_task(generator, task, items, examples)
         results[task.name]["skipped_seen_in_training"] = skipped
+        if training and task.literal:  # answers no model trained on this split has learned to write
+            missing = [training.untrained(item.expected) for item in items]
+            results[task.name]["answers_untrained"] = {
+                "items": sum(map(bool, missing)), "tokens": sorted({t for m in missing for t in m})}
     suite_seconds = time.time() - started
     harness = None
     if lm_eval:
@@ -163,6 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         harness = lm_eval_adapter.run(generator, [t.strip() for t in lm_eval.split(",") if t.strip()],
                                       lm_eval_include or None, lm_eval_limit, batch_size)
     print_table(results, losses, harness)
+    for name, r in results.items():
+        beyond = r.get("answers_untrained", {})
+        if beyond.get("items"):
+            shown = ", ".join(repr(t) for t in beyond["tokens"][:4]) + (", ..." if len(beyond["tokens"]) > 4 else "")
+            print(f"note: {name}: {beyond['items']} of {r['n']} answers hold a token the training split never "
+                  f"has ({shown}): a model trained on it has never written one")
     print(f"suite: {sum(r['n'] for r in results.values())} items in {suite_seconds:.1f} s "
           f"(model loading and val loss included), {torch.get_num_threads()} threads")
     payload = {

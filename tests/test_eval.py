@@ -49,6 +49,33 @@ def test_items_seen_in_training_are_skipped():
     assert f"{items[2].prompt} {items[2].expected}" not in seen
 
 
+def test_answers_with_tokens_the_training_split_never_has_are_named():
+    training = TrainingText(np.array(engine.encode("<|endoftext|>Conclusion: Tom is the tallest.\n12 + 35 = 47"),
+                                     dtype=np.uint16))
+    assert training.untrained("Conclusion: Tom is the tallest.") == []
+    assert training.untrained("47") == []  # written after a space, as it is after `=`
+    assert training.untrained("Conclusion: Alma is the tallest.") == [" Alma"]
+    assert training.untrained("Conclusion: Alma is the shortest.") == [" Alma", " shortest"]
+
+
+def test_eval_py_counts_answers_beyond_its_training_split(tiny_out_dir, tiny_data):
+    result = run_script("eval.py", f"--out_dir={tiny_out_dir}", f"--dataset={tiny_data}", "--val_loss=False",
+                        "--limit=4", "--examples=4", "--device=cpu", "--dtype=float32",
+                        "--tasks=logic_order,math_add_1digit,code_function", timeout=180)
+    assert result.returncode == 0, result.stderr
+    report = json.load(open(os.path.join(tiny_out_dir, "eval.json")))
+    known = set(np.fromfile(os.path.join(tiny_data, "train.bin"), dtype=np.uint16).tolist())
+    for name in ("logic_order", "math_add_1digit"):
+        task = report["tasks"][name]
+        beyond = [e for e in task["examples"] if not all(
+            t in known for t in engine.encode(" " + e["expected"])) and not all(
+            t in known for t in engine.encode(e["expected"]))]
+        assert task["answers_untrained"]["items"] == len(beyond)
+        assert (f"note: {name}: {len(beyond)} of 4 answers" in result.stdout) == bool(beyond)
+    assert report["tasks"]["logic_order"]["answers_untrained"]["items"] > 0  # eval.py's names: held out
+    assert "answers_untrained" not in report["tasks"]["code_function"]  # its expected text is a description
+
+
 def test_scorers_accept_the_right_answer_and_reject_others():
     tasks = registry()
     rng = random.Random(1)

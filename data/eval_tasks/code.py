@@ -61,4 +61,4 @@ def score(item: Item, output: str, stopped: bool) -> dict[str, bool]:
 
 
 TASKS = [Task("code_function", "Code", "function body from docstring + signature: correct on tests, parses",
-              function, score, 96, n=30)]
+              function, score, 96, n=30, literal=False)]
