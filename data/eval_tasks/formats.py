@@ -59,6 +59,7 @@ def score_roleplay(item: Item, output: str, stopped: bool) -> dict[str, bool]:
     return {"format": bool(reply.strip()) and not any(m in reply for m in MARKERS) and turns_ok and stopped}
 
 
-TASKS = [Task("qa_format", "QA", "answer is one **Answer:** text and ends at end-of-text", qa, score_qa, 96, n=30, literal=False),
+TASKS = [Task("qa_format", "QA", "answer is one **Answer:** text and ends at end-of-text", qa, score_qa, 96, n=30,
+              literal=False),
          Task("roleplay_format", "Roleplay", "reply keeps the dialogue layout and ends at end-of-text",
               roleplay, score_roleplay, 96, n=30, literal=False)]
