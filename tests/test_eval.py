@@ -74,6 +74,9 @@ def test_eval_py_counts_answers_beyond_its_training_split(tiny_out_dir, tiny_dat
         assert (f"note: {name}: {len(beyond)} of 4 answers" in result.stdout) == bool(beyond)
     assert report["tasks"]["logic_order"]["answers_untrained"]["items"] > 0  # eval.py's names: held out
     assert "answers_untrained" not in report["tasks"]["code_function"]  # its expected text is a description
+    import report as rep
+    table = "\n".join(rep.eval_table(rep.Run(tiny_out_dir)))  # report.md says it too
+    assert f"Note: logic_order: {report['tasks']['logic_order']['answers_untrained']['items']} of 4 answers" in table
 
 
 def test_scorers_accept_the_right_answer_and_reject_others():
