@@ -228,7 +228,7 @@ def eval_table(run: Run) -> list[str]:
                          f"| {task['n']} |")
     notes = [note for note in (untrained_note(name, task) for name, task in e["tasks"].items()) if note]
     if notes:
-        lines += [""] + [f"Note: {note}." for note in notes]
+        lines += [""] + [f"- Note: {note}." for note in notes]  # a list: one line each in markdown
     if e.get("loss"):
         lines += ["", "| val loss | loss | perplexity |", "|---|---:|---:|"]
         lines += [f"| {k} | {v['loss']:.3f} | {v['perplexity']:.2f} |" for k, v in e["loss"].items()]
