@@ -96,16 +96,20 @@ class TrainingText:
         self.counts = np.bincount(self.tokens, minlength=EOT_ID + 1)
         self._where: dict[int, np.ndarray] = {}
 
-    def __contains__(self, text: str) -> bool:
+    @staticmethod
+    def _variants(text: str) -> list[list[int]]:
+        """text's tokens after a space (mid-text, where most answers are) and as written (a document's start)."""
         from engine import encode
-        variants = [encode(text), encode(" " + text)]
-        return any(self._occurs(ids) for ids in variants if ids)
+        return [encode(" " + text), encode(text)]
+
+    def __contains__(self, text: str) -> bool:
+        return any(self._occurs(ids) for ids in self._variants(text) if ids)
 
     def untrained(self, text: str) -> list[str]:
-        """The tokens of text (as written, or after a space if that leaves fewer) that the split never holds.
+        """The tokens of text (after a space, or as written if that leaves fewer) that the split never holds.
         A model trained on it has never written them; under a shortlisted head it cannot tell them apart."""
-        from engine import decode, encode
-        missing = min(([t for t in encode(v) if self.counts[t] == 0] for v in (" " + text, text)), key=len)
+        from engine import decode
+        missing = min(([t for t in ids if self.counts[t] == 0] for ids in self._variants(text)), key=len)
         return [decode([t]) for t in missing]
 
     def _occurs(self, ids: list[int]) -> bool:
