@@ -237,7 +237,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_number_embeddings(self, numbers: dict[int, str], feature_std: float = 0.06, own_std: float = 0.03,
-                               seed: int = 1) -> None:
+                               seed: int = 1, periods: tuple[int, ...] = (2, 5, 10, 100, 1000)) -> None:
         """Start the number tokens' embeddings as sums of their digits' (`numbers`: token id -> its text, up to
         three digits with or without a leading space, as tokenizer.number_tokens gives them). GPT-2's BPE makes
         ` 47` one token with nothing in common with ` 46` or ` 17`: every two-digit sum is a fact of its own,
@@ -245,8 +245,13 @@ class GPT(nn.Module):
         the embedded default's two-digit drills, 58-68 % with Math at 39 % of the tokens, docs/capability.md).
         Here ` 47` starts as ones[7] + tens[4] + hundreds[blank] + space, random vectors shared by all numbers,
         plus a little of its own: the tied LM head then scores an answer's digits separately, so `12 + 35 =`
-        can be answered digit by digit, the single-digit table being the ones digit's. In the token dims of
-        init_induction_head's layout; plain GPT-2 weights, free to train."""
+        can be answered digit by digit, the single-digit table being the ones digit's.
+        Plus the value's Fourier features: cos and sin of 2 pi n / T for each of `periods`, each along random
+        vectors of its own. That is how pretrained LMs hold numbers to add them (periods 2, 5 and 10 carry the
+        ones digit, 100 and up the size: Zhou et al., 2024): adding b turns every number's features by the same
+        angles, so one way of working out a sum serves all of them. Held-out two-digit sums 31-37 % -> 81 %
+        (docs/capability.md, E100). In the token dims of init_induction_head's layout; plain GPT-2 weights, free
+        to train."""
         n_tok = self._token_dims()
         if n_tok < 16:
             raise UserError(f"number_embeddings needs at least 16 token dims beside the position and slot dims; "
@@ -255,6 +260,8 @@ class GPT(nn.Module):
         g = torch.Generator().manual_seed(seed)
         places = torch.randn(3, 11, n_tok, generator=g) * feature_std  # ones, tens, hundreds x digit 0-9 or blank
         space = torch.randn(2, n_tok, generator=g) * feature_std
+        # cos and sin directions per period, from a generator of their own: periods=() leaves the digits' init as it was
+        fourier = torch.randn(len(periods), 2, n_tok, generator=torch.Generator().manual_seed(seed + 1)) * feature_std
         wte = self.transformer.wte.weight
         for tok, text in numbers.items():
             digits = text.lstrip(" ")
@@ -262,6 +269,8 @@ class GPT(nn.Module):
                 raise ValueError(f"init_number_embeddings: token {tok} is {text!r}, not a number of 1-3 digits")
             padded = [int(d) for d in reversed(digits)] + [10] * (3 - len(digits))
             v = space[len(text) - len(digits)] + sum(places[p, d] for p, d in enumerate(padded))
+            angles = torch.tensor([2 * math.pi * int(digits) / t for t in periods])
+            v = v + angles.cos() @ fourier[:, 0] + angles.sin() @ fourier[:, 1]
             wte[tok, :n_tok] = v + torch.randn(n_tok, generator=g) * own_std
 
     def get_num_params(self, non_embedding: bool = True) -> int:

@@ -72,3 +72,30 @@ def test_number_embeddings_are_built_from_digits():
     assert torch.equal(wte[enc.encode(" river")[0]], word)  # other tokens untouched
     with pytest.raises(ValueError, match="not a number"):
         model.init_number_embeddings({enc.encode(" river")[0]: " river"})
+
+
+def test_number_embeddings_hold_their_values_fourier_features():
+    """Beside the digits, each number carries cos/sin of 2 pi n / T: adding k turns those features by the same
+    rotation for every n, so one linear map takes n's features to n + k's, for any n (with or without carries)."""
+    from tokenizer import number_tokens
+    numbers = number_tokens()
+    wtes = []
+    for periods in [(), (2, 5, 10, 100, 1000)]:
+        model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=4, n_embd=128, dropout=0.0))
+        model.init_offset_heads([1, 2, 3, 4])
+        model.init_induction_head(prev_head=0)
+        model.init_number_embeddings(numbers, periods=periods)
+        wtes.append(model.transformer.wte.weight.detach().clone())
+    fourier = wtes[1] - wtes[0]  # the digits' part is the same draw either way
+    ids = {text: tok for tok, text in numbers.items()}
+    for k in (1, 7, 38):
+        x = torch.stack([fourier[ids[f" {n}"]] for n in range(10, 300)])
+        y = torch.stack([fourier[ids[f" {n + k}"]] for n in range(10, 300)])
+        shift = torch.linalg.lstsq(x, y).solution
+        assert torch.allclose(x @ shift, y, atol=1e-4), k
+        # the digits alone have no such map: ` 19` -> ` 20` is not ` 11` -> ` 12`
+        xd = torch.stack([wtes[0][ids[f" {n}"]] for n in range(10, 300)])
+        yd = torch.stack([wtes[0][ids[f" {n + k}"]] for n in range(10, 300)])
+        assert (xd @ torch.linalg.lstsq(xd, yd).solution - yd).norm() > 0.3 * yd.norm()
+    assert fourier[ids[" 47"]].norm() > 0.5 * wtes[0][ids[" 47"]].norm()  # as strong as the digits'
+
