@@ -237,7 +237,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_number_embeddings(self, numbers: dict[int, str], feature_std: float = 0.06, own_std: float = 0.03,
-                               seed: int = 1, periods: tuple[int, ...] = (2, 5, 10, 100, 1000)) -> None:
+                               seed: int = 1, periods: tuple[int, ...] = (2, 5, 10)) -> None:
         """Start the number tokens' embeddings as sums of their digits' (`numbers`: token id -> its text, up to
         three digits with or without a leading space, as tokenizer.number_tokens gives them). GPT-2's BPE makes
         ` 47` one token with nothing in common with ` 46` or ` 17`: every two-digit sum is a fact of its own,
@@ -247,11 +247,12 @@ class GPT(nn.Module):
         plus a little of its own: the tied LM head then scores an answer's digits separately, so `12 + 35 =`
         can be answered digit by digit, the single-digit table being the ones digit's.
         Plus the value's Fourier features: cos and sin of 2 pi n / T for each of `periods`, each along random
-        vectors of its own. That is how pretrained LMs hold numbers to add them (periods 2, 5 and 10 carry the
-        ones digit, 100 and up the size: Zhou et al., 2024): adding b turns every number's features by the same
-        angles, so one way of working out a sum serves all of them. Held-out two-digit sums 31-37 % -> 81 %
-        (docs/capability.md, E100). In the token dims of init_induction_head's layout; plain GPT-2 weights, free
-        to train."""
+        vectors of its own. Pretrained LMs hold numbers so to add them (Zhou et al., 2024): adding b turns every
+        number's features by the same angles, so one way of working out the ones digit serves every sum.
+        Held-out two-digit sums 31-37 % -> 68 % of 150 (docs/capability.md, E104). Periods 100 and 1000 (the
+        size) gave sums 65-81 % but made numbers near each other so alike that excerpt years, one token each,
+        lost to ` 13` or ` 15`, which start a year of two tokens (E100-E102). In the token dims of
+        init_induction_head's layout; plain GPT-2 weights, free to train."""
         n_tok = self._token_dims()
         if n_tok < 16:
             raise UserError(f"number_embeddings needs at least 16 token dims beside the position and slot dims; "

@@ -70,7 +70,7 @@ bias = True
 offset_heads = ""  # e.g. "1,2,3": layer 0's first heads start out attending 1, 2, 3 tokens back (scratch only)
 induction_head = False  # True: layer 1's first head starts out as an induction head, the circuit that copying
 # from the prompt builds on (model.init_induction_head; scratch runs with an offset head looking 1 back)
-number_embeddings = False  # True: number tokens start as sums of their digits' embeddings (scratch only)
+number_embeddings = False  # True: number tokens start from their digits' and value's features (scratch only)
 shortlist_head = False  # True: the LM head computes only the rows of tokens the data uses and one for the rest,
 # which start out equal and stay so: the same loss and gradients as the full head (shortlist.py; scratch runs,
 # or runs resumed from one)
