@@ -241,7 +241,7 @@ def main() -> None:
               f"{raw_model.config.n_embd} wide, block {run_block_size}; init_from={init_from}"
               + (f", layer-0 heads looking {offset_heads} tokens back" if offsets else "")
               + (", an induction head in layer 1" if induction_head and offsets else "")
-              + (", number tokens built from their digits" if digit_numbers else ""))
+              + (", number tokens built from their digits and value" if digit_numbers else ""))
         print(f"tokens per iteration: {tokens_per_iter:,} = {gradient_accumulation_steps} accumulation steps x "
               f"{batch_size} batch x {run_block_size} tokens; data {data.path}: "
               f"{len(data.tokens['train']):,} train tokens, {len(data.tokens['val']):,} val tokens")

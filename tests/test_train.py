@@ -363,7 +363,7 @@ def test_induction_head_and_number_embeddings_train_and_resume(tmp_path, tiny_da
     common = [f"--dataset={tiny_data}", "--n_head=4", "--n_embd=64", "--offset_heads=1,2", "--induction_head=True",
               "--number_embeddings=True", "--eval_interval=2"]
     first = run_train(tmp_path, *common, "--max_iters=2")
-    assert "an induction head in layer 1, number tokens built from their digits" in first.stdout
+    assert "an induction head in layer 1, number tokens built from their digits and value" in first.stdout
     resumed = run_train(tmp_path, *common, "--max_iters=4", "--init_from=resume")  # keeps its trained weights
     assert "resuming from" in resumed.stdout
     losses = iteration_losses(first.stdout) | iteration_losses(resumed.stdout)
