@@ -249,9 +249,9 @@ class GPT(nn.Module):
         Plus the value's Fourier features: cos and sin of 2 pi n / T for each of `periods`, each along random
         vectors of its own. Pretrained LMs hold numbers so to add them (Zhou et al., 2024): adding b turns every
         number's features by the same angles, so one way of working out the ones digit serves every sum.
-        Held-out two-digit sums 31-37 % -> 68 % of 150 (docs/capability.md, E104). Periods 100 and 1000 (the
-        size) gave sums 65-81 % but made numbers near each other so alike that excerpt years, one token each,
-        lost to ` 13` or ` 15`, which start a year of two tokens (E100-E102). In the token dims of
+        Held-out two-digit sums 31-37 % -> 61-68 % of 150 (docs/capability.md, E104, E105). Periods 100 and
+        1000 (the size) gave sums 65-81 % but made numbers near each other so alike that excerpt years, one
+        token each, lost to ` 13` or ` 15`, which start a year of two tokens (E100-E102). In the token dims of
         init_induction_head's layout; plain GPT-2 weights, free to train."""
         n_tok = self._token_dims()
         if n_tok < 16:

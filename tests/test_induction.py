@@ -80,11 +80,11 @@ def test_number_embeddings_hold_their_values_fourier_features():
     from tokenizer import number_tokens
     numbers = number_tokens()
     wtes = []
-    for periods in [(), None]:  # None: the default's
+    for kwargs in ({"periods": ()}, {}):  # without the Fourier features, then with the default's
         model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=4, n_embd=128, dropout=0.0))
         model.init_offset_heads([1, 2, 3, 4])
         model.init_induction_head(prev_head=0)
-        model.init_number_embeddings(numbers, **({} if periods is None else {'periods': periods}))
+        model.init_number_embeddings(numbers, **kwargs)
         wtes.append(model.transformer.wte.weight.detach().clone())
     fourier = wtes[1] - wtes[0]  # the digits' part is the same draw either way
     ids = {text: tok for tok, text in numbers.items()}
@@ -98,4 +98,3 @@ def test_number_embeddings_hold_their_values_fourier_features():
         yd = torch.stack([wtes[0][ids[f" {n + k}"]] for n in range(10, 300)])
         assert (xd @ torch.linalg.lstsq(xd, yd).solution - yd).norm() > 0.3 * yd.norm()
     assert fourier[ids[" 47"]].norm() > 0.5 * wtes[0][ids[" 47"]].norm()  # as strong as the digits'
-
