@@ -22,7 +22,7 @@ import engine
 import hardware
 from checkpoint import checkpoint_path, load_model
 from configurator import configure
-from data.eval_tasks import TrainingText, build_items, registry, untrained_note
+from data.eval_tasks import TrainingText, build_items, registry, untrained_notes
 from errors import UserError, run_main
 from tokenizer import EOT_ID
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         harness = lm_eval_adapter.run(generator, [t.strip() for t in lm_eval.split(",") if t.strip()],
                                       lm_eval_include or None, lm_eval_limit, batch_size)
     print_table(results, losses, harness)
-    for note in filter(None, (untrained_note(name, r) for name, r in results.items())):
+    for note in untrained_notes(results):
         print(f"note: {note}")
     print(f"suite: {sum(r['n'] for r in results.values())} items in {suite_seconds:.1f} s "
           f"(model loading and val loss included), {torch.get_num_threads()} threads")

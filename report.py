@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configurator import configure  # noqa: E402
-from data.eval_tasks import untrained_note  # noqa: E402
+from data.eval_tasks import untrained_notes  # noqa: E402
 from errors import UserError, run_main  # noqa: E402
 from tags import TAGS  # noqa: E402
 
@@ -226,7 +226,7 @@ def eval_table(run: Run) -> list[str]:
             lo, hi = m["interval"]
             lines.append(f"| {name} | {task['tag']} | {metric} | {m['value']:.3f} | [{lo:.3f}, {hi:.3f}] "
                          f"| {task['n']} |")
-    notes = [note for note in (untrained_note(name, task) for name, task in e["tasks"].items()) if note]
+    notes = untrained_notes(e["tasks"])
     if notes:
         lines += [""] + [f"- Note: {note}." for note in notes]  # a list: one line each in markdown
     if e.get("loss"):

@@ -49,16 +49,18 @@ def exact_line(item: Item, output: str, stopped: bool) -> dict[str, bool]:
     return {"exact": first_line(output) == item.expected}
 
 
-def untrained_note(name: str, result: dict) -> str | None:
-    """The line eval.py prints (and report.py writes) for a task whose answers hold tokens the training split
-    never has (eval.json's answers_untrained), or None when there are none."""
-    beyond = result.get("answers_untrained") or {}
-    if not beyond.get("items"):
-        return None
-    tokens = beyond["tokens"]
-    shown = ", ".join(map(repr, tokens[:4])) + (", ..." if len(tokens) > 4 else "")
-    return (f"{name}: {beyond['items']} of {result['n']} answers hold a token the training split never has "
-            f"({shown}): a model trained on it has never written one")
+def untrained_notes(results: dict[str, dict]) -> list[str]:
+    """The lines eval.py prints (and report.py writes), one per task whose answers hold tokens the training
+    split never has (eval.json's answers_untrained)."""
+    notes = []
+    for name, result in results.items():
+        beyond = result.get("answers_untrained") or {}
+        if beyond.get("items"):
+            tokens = beyond["tokens"]
+            shown = ", ".join(map(repr, tokens[:4])) + (", ..." if len(tokens) > 4 else "")
+            notes.append(f"{name}: {beyond['items']} of {result['n']} answers hold a token the training split "
+                         f"never has ({shown}): a model trained on it has never written one")
+    return notes
 
 
 def registry() -> dict[str, Task]:
