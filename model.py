@@ -237,7 +237,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def init_number_embeddings(self, numbers: dict[int, str], feature_std: float = 0.06, own_std: float = 0.03,
-                               seed: int = 1, periods: tuple[int, ...] = (2, 5, 10)) -> None:
+                               seed: int = 1, periods: tuple[int, ...] = (2, 5, 10), tens_scale: float = 2.0) -> None:
         """Start the number tokens' embeddings as sums of their digits' (`numbers`: token id -> its text, up to
         three digits with or without a leading space, as tokenizer.number_tokens gives them). GPT-2's BPE makes
         ` 47` one token with nothing in common with ` 46` or ` 17`: every two-digit sum is a fact of its own,
@@ -251,7 +251,10 @@ class GPT(nn.Module):
         number's features by the same angles, so one way of working out the ones digit serves every sum.
         Held-out two-digit sums 31-37 % -> 61-68 % of 150 (docs/capability.md, E104, E105). Periods 100 and
         1000 (the size) gave sums 65-81 % but made numbers near each other so alike that excerpt years, one
-        token each, lost to ` 13` or ` 15`, which start a year of two tokens (E100-E102). In the token dims of
+        token each, lost to ` 13` or ` 15`, which start a year of two tokens (E100-E102).
+        Then every miss had the ones digit right and the tens one off (` 69` for 79): the tens digit has only
+        its digit vector. `tens_scale` makes it longer, so numbers ten apart are as distinct as numbers one
+        apart: sums 52-68 % (three runs) -> 66-78 % of 150 (four runs, E118-E121). In the token dims of
         init_induction_head's layout; plain GPT-2 weights, free to train."""
         n_tok = self._token_dims()
         if n_tok < 16:
@@ -261,6 +264,7 @@ class GPT(nn.Module):
         g = torch.Generator().manual_seed(seed)
         places = torch.randn(3, 11, n_tok, generator=g) * feature_std  # ones, tens, hundreds x digit 0-9 or blank
         space = torch.randn(2, n_tok, generator=g) * feature_std
+        places[1] *= tens_scale  # the ones digit has the Fourier features too; the tens digit only this (see above)
         # cos and sin directions per period, from a generator of their own: periods=() leaves the digits' init as it was
         fourier = torch.randn(len(periods), 2, n_tok, generator=torch.Generator().manual_seed(seed + 1)) * feature_std
         wte = self.transformer.wte.weight

@@ -74,6 +74,32 @@ def test_number_embeddings_are_built_from_digits():
         model.init_number_embeddings({enc.encode(" river")[0]: " river"})
 
 
+def test_number_embeddings_set_the_tens_digit_apart():
+    """The ones digit has the value's Fourier features beside its digit vector, the tens digit only its vector:
+    tens_scale makes that one longer, so numbers ten apart (` 47`, ` 37`: the same ones digit, the same Fourier
+    features) are as far apart as the ones digit keeps numbers one apart."""
+    from tokenizer import number_tokens
+    numbers = number_tokens()
+    ids = {text: tok for tok, text in numbers.items()}
+    wtes = []
+    for kwargs in ({"tens_scale": 1.0}, {}):  # the digits as they are, then the default's
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(block_size=32, vocab_size=50304, n_layer=2, n_head=4, n_embd=128, dropout=0.0))
+        model.init_offset_heads([1, 2, 3, 4])
+        model.init_induction_head(prev_head=0)
+        model.init_number_embeddings(numbers, **kwargs)
+        wtes.append(model.transformer.wte.weight.detach().clone())
+    plain, scaled = ({t: w[i] for t, i in ids.items()} for w in wtes)
+    change = {t: scaled[t] - plain[t] for t in ids}
+    # only the tens digit's vector changed: the same change wherever the tens digit is the same
+    assert torch.allclose(change[" 47"], change[" 41"]) and torch.allclose(change[" 47"], change["147"])
+    assert not torch.allclose(change[" 47"], change[" 37"], atol=1e-3)
+    assert torch.allclose(change[" 3"], change[" 7"])  # no tens digit: the blank's vector, for all of them
+    ten_apart = [(f" {n}", f" {n - 10}") for n in range(20, 100)]
+    ratio = torch.stack([(scaled[a] - scaled[b]).norm() / (plain[a] - plain[b]).norm() for a, b in ten_apart])
+    assert ratio.median() > 1.5
+
+
 def test_number_embeddings_hold_their_values_fourier_features():
     """Beside the digits, each number carries cos/sin of 2 pi n / T: adding k turns those features by the same
     rotation for every n, so one linear map takes n's features to n + k's, for any n (with or without carries)."""
