@@ -32,7 +32,7 @@ induction_head = True  # layer 1's first head starts out predicting what followe
 # Number tokens start as sums of their digits' vectors plus their value's Fourier features
 # (model.init_number_embeddings): GPT-2 writes ` 47` as one token unrelated to ` 46`, so a two-digit sum
 # training never showed could not be worked out (0-6 %); digits and data/mini's two-digit drills gave 31-37 % of
-# held-out sums (n = 150), with the Fourier features 52-68 % (docs/capability.md, E104, E105), with the tens
+# held-out sums (n = 150), with the Fourier features 61-68 % (docs/capability.md, E104, E105), with the tens
 # digit's vectors twice as long (init_number_embeddings' tens_scale) 66-78 % (E118-E121)
 number_embeddings = True
 shortlist_head = True  # the LM head over only the tokens data/mini uses, exactly (shortlist.py)
