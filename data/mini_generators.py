@@ -6,6 +6,8 @@ cities learned to answer with a name from its list, not the one in the question)
 - names and places come from about 4,000 proper nouns of GPT-2's vocabulary plus made-up names of two or
   three syllables, so no name is common enough to be worth remembering;
 - an excerpt mentions one or two people and several numbers, and is asked two questions (two documents);
+- half the word problems and excerpt facts are worded from parts (verbs, containers, days), so that where a
+  number stands in one fixed sentence is not worth learning;
 - an ordering of 3-5 people is asked who is the most and who is the least;
 - every single-digit sum and difference is drilled (it is a table to learn), two-digit sums are drilled except
   a fixed held-out tenth (`held_out_sum`) that eval.py uses to measure what was *not* seen.
@@ -92,6 +94,24 @@ BUILDINGS = [("bridge", "arches"), ("castle", "towers"), ("library", "rooms"), (
              ("station", "platforms"), ("stadium", "gates"), ("museum", "halls"), ("tower", "floors"),
              ("harbour", "piers"), ("palace", "gardens")]
 TOPICS = ["birds", "ships", "music", "history", "the sea", "old maps", "trees", "the stars", "bread", "trains"]
+# Verbs and things for wordings put together at random (word problems, excerpt facts): with a dozen fixed
+# sentences the model learned where each one keeps its number ("has 9" -> 9) and copied little from a sentence
+# it had not seen (4-13 % of word problems, 21-32 % of excerpt facts in other wordings: docs/capability.md).
+# (base, past): what is gained adds to what someone has, what is lost takes away.
+GAINS = [("buy", "bought"), ("find", "found"), ("get", "got"), ("make", "made"), ("catch", "caught"),
+         ("bake", "baked"), ("collect", "collected"), ("win", "won"), ("receive", "received"), ("earn", "earned"),
+         ("gather", "gathered"), ("build", "built"), ("paint", "painted"), ("draw", "drew"), ("grow", "grew"),
+         ("plant", "planted"), ("bring", "brought"), ("order", "ordered"), ("borrow", "borrowed"), ("save", "saved"),
+         ("sew", "sewed"), ("cook", "cooked"), ("print", "printed"), ("pack", "packed")]
+LOSSES = [("lose", "lost"), ("give away", "gave away"), ("sell", "sold"), ("eat", "ate"), ("use", "used"),
+          ("break", "broke"), ("throw away", "threw away"), ("lend", "lent"), ("give", "gave"), ("send", "sent"),
+          ("return", "returned"), ("hide", "hid"), ("spend", "spent"), ("drop", "dropped")]
+GONE = ["got lost", "broke", "were lost", "went missing", "fell off", "were sold", "were eaten", "were given away"]
+CONTAINERS = ["box", "jar", "basket", "bag", "drawer", "bowl", "crate", "tin", "barrel", "bucket"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "the first day",
+        "the second day", "one day", "the weekend"]
+THINGS = ["a house", "a boat", "a farm", "a car", "a shop", "a piano", "a horse", "a garden", "a bicycle", "a map",
+          "a ring", "a clock", "a painting", "a field", "a mill", "a violin", "a tent", "a cottage"]
 
 
 # ----------------------------------------------------------------------------- [Math]
@@ -205,13 +225,48 @@ WORD = [  # (question, operator): a is what there was, b what changed
 ]
 
 
+def word_problem_wording(rng: random.Random, op: str) -> str:
+    """A word problem put together from parts (who or what holds the things, the verbs, the days, the
+    question), with {a} the number there was and {b} the change: hundreds of wordings, so that what the model
+    learns is to take the numbers in the order they come, not where one sentence keeps them."""
+    gained = rng.choice(GAINS)[1]
+    if rng.random() < 0.3:  # a container, not a person
+        start = rng.choice(["There are {a} {x} in the {c}.", "A {c} holds {a} {x}.", "The {c} has {a} {x} in it."])
+        change = rng.choice(["{n} puts in {b} more.", "{n} adds {b} more {x}.", "{n} put {b} more in the {c}."]
+                            if op == "+" else ["{n} takes out {b}.", "{n} took {b} of them.", "{n} removed {b} {x}."])
+        question = rng.choice(["How many {x} are in the {c} now?", "How many {x} are in the {c}?"] if op == "+"
+                              else ["How many {x} are left in the {c}?", "How many {x} are in the {c} now?"])
+        return " ".join((start, change, question)).replace("{c}", rng.choice(CONTAINERS))
+    day, day2 = rng.sample(DAYS, 2)
+    start = rng.choice(["{n} has {a} {x}", "{n} had {a} {x}", "{n} " + gained + " {a} {x}",
+                        "{n} " + gained + " {a} {x} on " + day, "On " + day + ", {n} " + gained + " {a} {x}"])
+    if op == "+":
+        gain2 = rng.choice(GAINS)[1]
+        change = rng.choice([" and " + gain2 + " {b} more.", ". Then {n} " + gain2 + " {b} more.",
+                             ". {m} gave {n} {b} more.", ". On " + day2 + ", {n} " + gain2 + " {b} more."])
+        question = rng.choice(["How many {x} does {n} have now?", "How many {x} does {n} have in all?",
+                               "How many {x} are there in all?"])
+    else:
+        lost = rng.choice(LOSSES)[1]
+        change = rng.choice([" and " + lost + " {b}.", ". Then {n} " + lost + " {b} of them.",
+                             ". {b} of them " + rng.choice(GONE) + ".", ". {n} gave {b} to {m}."])
+        question = rng.choice(["How many {x} are left?", "How many {x} does {n} have now?",
+                               "How many {x} does {n} have left?"])
+    return start + change + " " + question
+
+
 def math_word(rng: random.Random) -> Doc:
-    """One-step word problems, mostly with single digits; the answer shows the sum, then `The answer is N.`"""
+    """One-step word problems, mostly with single digits; the answer shows the sum, then `The answer is N.`
+    Half are worded from parts (word_problem_wording), half are the fixed sentences of WORD."""
     q, op = rng.choice(WORD)
+    if rng.random() < 0.5:
+        op = rng.choice("+-")
+        q = word_problem_wording(rng, op)
     a, b = (rng.randint(1, 9), rng.randint(1, 9)) if rng.random() < 0.7 else two_numbers(rng)
     if op == "-":
         a = a + b  # never below zero
-    text = q.format(n=name(rng), x=rng.choice(ITEMS), a=a, b=b)
+    n, m = names(rng, 2)
+    text = q.format(n=n, m=m, x=rng.choice(ITEMS), a=a, b=b)
     c = OPS[op](a, b)
     prompt = f"Question: {text}" if rng.random() < 0.75 else text
     return "Math", format_prompt_response("Math", prompt, f"Answer: {a} {op} {b} = {c}. The answer is {c}.")
@@ -344,6 +399,24 @@ FACTS = [
 ]
 
 
+def generated_fact(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
+    """A fact put together from a verb, a count of things or one thing, and a year, in FACTS' form: the
+    model has to find the number by what the question names, as no fixed sentence keeps it in one place."""
+    verb, did = rng.choice(GAINS + LOSSES)
+    noun, thing = rng.choice(ITEMS + PETS), rng.choice(THINGS)
+    if rng.random() < 0.5:  # a count, with or without a year and a place
+        sentence = rng.choice(["{n} %s {k} %s.", "{n} %s {k} %s in {p}.", "In {y}, {n} %s {k} %s.",
+                               "{n} %s {k} %s in {y}."]) % (did, noun)
+        qs = [(f"How many {noun} did {{n}} {verb}?", "{k}")]
+        if "{y}" in sentence:
+            qs.append((rng.choice([f"In which year did {{n}} {verb} the {noun}?", f"When did {{n}} {verb} the {noun}?"]), "{y}"))
+        return sentence, qs
+    sentence = rng.choice(["{n} %s %s in {y}.", "In {y}, {n} %s %s.", "{n} %s %s in {p} in {y}."]) % (did, thing)
+    the = "the " + thing.split()[1]
+    return sentence, [(f"In which year did {{n}} {verb} {the}?", "{y}"), (f"When did {{n}} {verb} {the}?", "{y}"),
+                      (f"What did {{n}} {verb} in {{y}}?", thing)]
+
+
 def year(rng: random.Random) -> int:
     """Three years in four from 1900-2022, which GPT-2 writes as one token (` 1957`), the rest from 1000-2099,
     mostly two (` 12` `34`). Drawn from 1000-2099 alone, six answers in seven began with a century-like token,
@@ -355,7 +428,7 @@ def excerpt(rng: random.Random) -> list[Doc]:
     """A short text of two or three facts about one or two people, with its own years and counts, asked
     two questions (two documents): the answer is a span of the text, found by what the question names."""
     people = names(rng, rng.randint(1, 2))
-    chosen = rng.sample(FACTS, rng.randint(2, 3))
+    chosen = [fact if rng.random() < 0.5 else generated_fact(rng) for fact in rng.sample(FACTS, rng.randint(2, 3))]
     sentences, questions = [], []
     for sentence, qs in chosen:
         building, parts = rng.choice(BUILDINGS)
