@@ -69,7 +69,7 @@ def test_sums_and_word_problems_are_right():
 
 def test_word_problems_take_their_numbers_in_order_from_many_wordings():
     """The operands are the question's numbers as they come, in wordings too many to learn one by one: with a
-    dozen fixed ones the model learned where each keeps its number and copied nothing from others."""
+    dozen fixed ones the model learned where each keeps its number and copied little from others."""
     wordings = set()
     for text in generated_texts("math_word", 400):
         prompt, answer = prompt_and_answer(text)
@@ -79,7 +79,7 @@ def test_word_problems_take_their_numbers_in_order_from_many_wordings():
     assert len(wordings) > 150
 
 
-def test_excerpt_counts_and_years_come_in_many_wordings():
+def test_excerpt_counts_stand_before_their_things_in_many_wordings():
     counts = set()
     for text in generated_texts("excerpt", 300):
         prompt, answer = prompt_and_answer(text)
