@@ -106,6 +106,7 @@ GAINS = [("buy", "bought"), ("find", "found"), ("get", "got"), ("make", "made"),
 LOSSES = [("lose", "lost"), ("give away", "gave away"), ("sell", "sold"), ("eat", "ate"), ("use", "used"),
           ("break", "broke"), ("throw away", "threw away"), ("lend", "lent"), ("give", "gave"), ("send", "sent"),
           ("return", "returned"), ("hide", "hid"), ("spend", "spent"), ("drop", "dropped")]
+VERBS, COUNTED = GAINS + LOSSES, ITEMS + PETS  # what an excerpt's generated fact did, and to what
 GONE = ["got lost", "broke", "were lost", "went missing", "fell off", "were sold", "were eaten", "were given away"]
 CONTAINERS = ["box", "jar", "basket", "bag", "drawer", "bowl", "crate", "tin", "barrel", "bucket"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "the first day",
@@ -402,8 +403,8 @@ FACTS = [
 def generated_fact(rng: random.Random) -> tuple[str, list[tuple[str, str]]]:
     """A fact put together from a verb, a count of things or one thing, and a year, in FACTS' form: the
     model has to find the number by what the question names, as no fixed sentence keeps it in one place."""
-    verb, did = rng.choice(GAINS + LOSSES)
-    noun, thing = rng.choice(ITEMS + PETS), rng.choice(THINGS)
+    verb, did = rng.choice(VERBS)
+    noun, thing = rng.choice(COUNTED), rng.choice(THINGS)
     if rng.random() < 0.5:  # a count, with or without a year and a place
         sentence = rng.choice(["{n} %s {k} %s.", "{n} %s {k} %s in {p}.", "In {y}, {n} %s {k} %s.",
                                "{n} %s {k} %s in {y}."]) % (did, noun)
