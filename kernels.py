@@ -2,9 +2,9 @@
 
 Each piece computes exactly what the plain PyTorch path in model.py computes, only faster on a CPU; each was
 measured against that path on a 2-core AVX-512/AMX machine (docs/performance.md has the figures):
-- FusedHeadLoss / fused_head_loss: LM head + cross-entropy for mixed-precision CPU training steps;
-- explicit_causal_attention: attention with the scores formed, faster to train than CPU flash attention at
-  short context;
+- FusedHeadLoss / fused_head_loss: LM head + cross-entropy for CPU training steps, bf16 or fp32;
+- explicit_causal_attention: attention with the scores formed, faster to train in bf16 than CPU flash
+  attention at short context;
 - gelu_tanh_as_sigmoid: GPT-2's GELU written so that inductor's CPU code runs it fast;
 - PackedLinear / Int8Linear: bf16 weights prepacked for oneDNN, or int8 weights, for CPU decoding.
 model.py takes the training paths only when train.py asks for them (GPT.forward's cpu_kernels argument).
@@ -17,8 +17,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 class FusedHeadLoss(torch.autograd.Function):
-    """LM head + mean cross-entropy for mixed-precision CPU training, with as few passes over the logits as
-    possible.
+    """LM head + mean cross-entropy for CPU training, with as few passes over the logits as possible.
 
     The (tokens x vocab) logits are the largest tensors of a training step (2048 x 50304 at the CPU bench
     shape: 206 MB in bf16), and on a CPU every pass over them costs about as much as the matmul that makes
@@ -33,7 +32,9 @@ class FusedHeadLoss(torch.autograd.Function):
       - backward multiplies that buffer into x's and the weight's gradients, the 1/n and grad_output
         scaling applied only to (tokens x width) tensors.
     Measured on a 2-core AVX-512/AMX CPU at the training bench shape: forward + backward of the head about 1.3x
-    faster than the chunked fp32 softmax it replaced (medians of 12 interleaved runs).
+    faster than the chunked fp32 softmax it replaced (medians of 12 interleaved runs). In fp32 (CPUs without
+    bf16 instructions) the same passes are saved: on a 2-core AVX2 CPU, the embedded default's whole training
+    step 1.11-1.12x faster than the plain head, compiled or not (docs/performance.md).
     """
 
     @staticmethod
@@ -99,16 +100,23 @@ def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 
 
 def cpu_kernels_pay_off(device: str, dtype_name: str) -> bool:
-    """Whether training on device in dtype_name should take these kernels: mixed-precision CPU training.
-    fp32 CPU training takes the plain paths (the training bench's plain-PyTorch baseline must), as do GPUs, where
-    flash attention and the compiled head are the fast paths."""
-    return torch.device(device).type == "cpu" and dtype_name != "float32"
+    """Whether training on device should take these kernels: CPU training, in bf16 or fp32 (the fused head in
+    both, explicit attention where explicit_attention_pays_off says). GPUs take the plain paths, where flash
+    attention and the compiled head are the fast ones, as does the training bench's plain-PyTorch baseline."""
+    return torch.device(device).type == "cpu"
 
 
 # Longest context at which CPU mixed-precision training forms the attention scores explicitly. Measured in
 # bf16 on a 2-core AVX-512/AMX CPU, forward + backward of one layer: batch 8 x 6 heads x 256 tokens, flash
 # 22 ms vs explicit 12 ms; batch 2 x 6 heads x 1024 tokens, flash 39 ms vs explicit 48 ms.
 EXPLICIT_ATTENTION_MAX_T = 512
+
+
+def explicit_attention_pays_off(T: int, dtype: torch.dtype) -> bool:
+    """Whether a CPU training step's attention over T positions in dtype should form its scores explicitly:
+    in bf16 at short context. In fp32 CPU flash attention is the faster one (2-core AVX2 CPU, batch 12 x 4
+    heads x 256 tokens, forward + backward: flash 36 ms, explicit 41 ms)."""
+    return T <= EXPLICIT_ATTENTION_MAX_T and dtype != torch.float32
 
 
 def explicit_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:

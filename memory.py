@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels import EXPLICIT_ATTENTION_MAX_T, cpu_kernels_pay_off
+from kernels import cpu_kernels_pay_off, explicit_attention_pays_off
 from model import GPT2_SIZES
 from optimizers import STATE_BYTES
 
@@ -190,7 +190,7 @@ def estimate_parts(plan: Plan) -> dict[str, float]:
         activations = tokens * (s.n_layer * 4 * s.n_embd + per_layer)  # block inputs + one block recomputed
     else:
         activations = tokens * s.n_layer * per_layer
-    logit_bytes = 2 if plan.fused_head else 12
+    logit_bytes = b if plan.fused_head else 12  # one buffer in the step's dtype (kernels.FusedHeadLoss)
     return {
         "weights": weights,
         "optimizer": trainable * STATE_BYTES[plan.optimizer],
@@ -218,7 +218,7 @@ def device_capacity(device: str) -> float | None:
 def attention_path(device: str, dtype: str, block_size: int) -> str:
     """Which attention a training step takes (model.py): the explicit one for CPU mixed precision at short
     context, else scaled_dot_product_attention's flash / memory-efficient kernels."""
-    if cpu_kernels_pay_off(device, dtype) and block_size <= EXPLICIT_ATTENTION_MAX_T:
+    if cpu_kernels_pay_off(device, dtype) and explicit_attention_pays_off(block_size, getattr(torch, dtype)):
         return "explicit"
     return "flash"
 

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 import hardware
 import hf_gpt2
 from errors import UserError
-from kernels import EXPLICIT_ATTENTION_MAX_T, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid
+from kernels import explicit_attention_pays_off, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid
 from kv_cache import KVCache
 from sampling import TokenSampler
 
@@ -64,7 +64,7 @@ class CausalSelfAttention(nn.Module):
         mask, is_causal = None, True
         if kv_cache is not None:
             k, v, mask, is_causal = kv_cache.append(layer, k, v)
-        if explicit and kv_cache is None and T <= EXPLICIT_ATTENTION_MAX_T:  # CPU training (kernels.py)
+        if explicit and kv_cache is None and explicit_attention_pays_off(T, q.dtype):  # CPU training (kernels.py)
             y = explicit_causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -292,8 +292,8 @@ class GPT(nn.Module):
         """(logits, None) without targets; (None, loss) with targets (-1 = ignore): training and eval need only
         the loss, and not returning the (tokens x vocab) logits lets their memory go before backward.
 
-        cpu_kernels=True (train.py passes it for mixed-precision training on a CPU) takes kernels.py's fast
-        paths: attention with explicit scores at short context, and the LM head fused with the mean loss.
+        cpu_kernels=True (train.py passes it for training on a CPU) takes kernels.py's fast paths: the LM head
+        fused with the mean loss, and attention with explicit scores in bf16 at short context.
 
         Without targets only the last position's logits are computed (all of them with all_logits=True),
         which is all that generation needs. With a kv_cache, idx continues the cached sequence: row b's tokens

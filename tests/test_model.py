@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+import memory
 from errors import UserError
 from hardware import PeakFlops, device_peak_flops, measure_peak_flops
-from kernels import explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid
+from kernels import cpu_kernels_pay_off, explicit_causal_attention, fused_head_loss, gelu_tanh_as_sigmoid
 from model import GPT, GPTConfig
 
 
@@ -283,6 +284,26 @@ def test_cpu_kernels_training_step_matches_the_plain_path():
         with torch.no_grad():
             _, reference = model(idx, idx)
     assert torch.allclose(loss, reference, atol=1e-2)
+
+
+def test_fp32_cpu_training_takes_the_fused_head_and_flash_attention_with_the_plain_paths_gradients():
+    # CPUs without bf16 train in fp32: the fused head pays there too, explicit attention does not (kernels.py)
+    assert cpu_kernels_pay_off("cpu", "float32") and cpu_kernels_pay_off("cpu", "bfloat16")
+    assert not cpu_kernels_pay_off("cuda", "bfloat16")
+    assert memory.attention_path("cpu", "float32", 256) == "flash"
+    assert memory.attention_path("cpu", "bfloat16", 256) == "explicit"
+    assert memory.attention_path("cpu", "bfloat16", 1024) == "flash"
+    idx = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(1))
+    results = []
+    for cpu_kernels in (True, False):
+        model = small_model().train()
+        _, loss = model(idx, idx, cpu_kernels=cpu_kernels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fused_loss, fused_grads), (plain_loss, plain_grads) = results
+    assert torch.allclose(fused_loss, plain_loss, atol=1e-5)
+    for ours, reference in zip(fused_grads, plain_grads):
+        assert torch.allclose(ours, reference, atol=1e-5)
 
 
 def test_configure_optimizers_decays_only_matrices():
