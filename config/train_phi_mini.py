@@ -16,7 +16,8 @@ them it gets single-digit sums and few-shot lines right. Copying from the prompt
 a year from the excerpt, a constant into code) needs an induction head, which a fresh model does not build in
 this budget: induction_head starts layer 1 with one (word problems 12 -> 48-70 %, excerpt facts 0 -> 36-70 %;
 docs/capability.md has every lever measured).
-bf16 autocast on CPUs with bf16 instructions (hardware.py), fp32 elsewhere (slower, same recipe).
+bf16 autocast on CPUs with bf16 instructions (hardware.py); fp32 elsewhere, the same recipe and skills, slower
+(37 minutes on a 2-core AVX2 EPYC: docs/performance.md).
 """
 
 out_dir = "out-phi-mini"
