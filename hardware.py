@@ -14,6 +14,7 @@ import ctypes.util
 import functools
 import math
 import os
+import platform
 import sys
 import time
 
@@ -64,6 +65,16 @@ def cpu_flags() -> set[str]:
 def cpu_has_native_bf16() -> set[str]:
     """The bf16 instructions this CPU has (AVX512-BF16, AMX, Arm's BF16); empty if none."""
     return cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def cpu_int8_dot_is_exact() -> bool:
+    """Whether oneDNN's int8 matmul on this CPU sums byte products without a saturating step: x86 with VNNI
+    or AMX, or a CPU that is not x86. x86 CPUs without them (AVX2 only: AMD before Zen 4, Intel before Ice
+    Lake) multiply unsigned by signed bytes and add each pair in saturating int16 (vpmaddubsw), which clips
+    where both are near the ends of their range."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def cpu_cores() -> int:

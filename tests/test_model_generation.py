@@ -60,6 +60,34 @@ def test_training_mode_or_fp32_is_left_alone(tiny_hf_dir):
 
 
 @pytest.mark.skipif(not engine.can_quantize("cpu"), reason="this torch build has no oneDNN int8 linear")
+def test_int8_linear_is_the_integer_product_of_its_quantized_rows():
+    # what the kernel computes must be exact integer arithmetic on this CPU, whatever its int8 instructions:
+    # without VNNI/AMX, 8-bit weights clip in the kernel's int16 pair sums (kernels.Int8Linear)
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 512)
+    x = torch.randn(6, 256)
+    levels = 127 if hardware.cpu_int8_dot_is_exact() else 63
+    w = linear.weight.detach()
+    w_scale = w.abs().amax(dim=1) / levels
+    x_scale = x.abs().amax(dim=1, keepdim=True) / 127
+    exact = ((x / x_scale).round() @ (w / w_scale.unsqueeze(1)).round().t()) * w_scale * x_scale + linear.bias
+    with torch.inference_mode():
+        ours = engine.Int8Linear(linear)(x)
+    assert (ours - exact).abs().max() < 1e-3
+    assert (ours - linear(x)).abs().max() < 0.1
+
+
+def test_int8_dot_is_exact_with_vnni_or_amx_or_off_x86(monkeypatch):
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    for flags, exact in [({"avx2", "fma"}, False), ({"avx2", "avx512_vnni"}, True), ({"avx_vnni"}, True),
+                         ({"amx_int8"}, True), (set(), False)]:
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert hardware.cpu_int8_dot_is_exact() == exact
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    assert hardware.cpu_int8_dot_is_exact()
+
+
+@pytest.mark.skipif(not engine.can_quantize("cpu"), reason="this torch build has no oneDNN int8 linear")
 def test_int8_decoding_stays_close_to_fp32(tiny_hf_dir):
     int8 = engine.load_for_inference(tiny_hf_dir, "", "cpu", "int8")
     assert isinstance(int8.lm_head, engine.Int8Linear) and int8.lm_head.weight is int8.transformer.wte.weight
