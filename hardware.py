@@ -359,6 +359,24 @@ def device_peak_flops(device: str | torch.device, dtype: torch.dtype) -> float |
     return datasheet_peak_flops(torch.cuda.get_device_name(device), dtype)
 
 
+def cpu_product_size(dtype: torch.dtype, gen: torch.Generator, seconds: float = 0.25) -> int:
+    """The side of the CPU's peak-measuring products: 2048, or, where this dtype is so slow on this CPU that a
+    2048^3 product would take over two seconds, a side at which one takes about `seconds`. bf16 and fp16 without
+    native instructions (an AVX2 CPU) multiply at 1-2 GFLOP/s: one 2048^3 product took 11 s there, and
+    train.py's start and its minutely re-measurements took minutes."""
+    a = torch.randn(512, 512, dtype=dtype, generator=gen)
+    a @ a
+    best = float("inf")
+    for _ in range(3):  # the best of three: a busy moment must not shrink the products of a fast dtype
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    rate = 2 * 512 ** 3 / max(best, 1e-9)
+    if 2 * 2048 ** 3 / rate < 2.0:
+        return 2048
+    return int(max(256, (seconds * rate / 2) ** (1 / 3) // 64 * 64))
+
+
 def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 10,
                        min_seconds: float = 0.5, per_sync: int | None = None) -> float:
     """Achievable matmul FLOP/s on this device and dtype: the best of many n x n x n products.
@@ -370,9 +388,11 @@ def measure_peak_flops(device: str | torch.device, dtype: torch.dtype, n: int | 
     0.1 s on a 10 TFLOP/s GPU, so the minutely re-measurement stays cheap."""
     device = torch.device(device)
     gpu = device.type == "cuda"
-    n = n or (4096 if gpu else 2048)
-    per_sync = per_sync or (8 if gpu else 1)
     gen = torch.Generator(device).manual_seed(0)  # its own: measuring never moves the training RNG (dropout)
+    if n is None and not gpu:
+        n = cpu_product_size(dtype, gen)
+    n = n or 4096
+    per_sync = per_sync or (8 if gpu else 1)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     best = float("inf")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+import hardware
 import memory
 from errors import UserError
 from hardware import PeakFlops, device_peak_flops, measure_peak_flops
@@ -328,6 +329,14 @@ def test_mfu_uses_the_given_or_known_peak():
     head = 6 * cfg.vocab_size * cfg.n_embd
     assert model.flops_per_token(0.25) == pytest.approx(model.flops_per_token() - 0.75 * head)
     assert model.estimate_mfu(4, 1.0, peak_flops=flops, head_fraction=0.25) < 1.0
+
+
+@pytest.mark.parametrize("seconds_per_product, side", [(0.002, 2048), (0.2, 512)])
+def test_peak_products_shrink_for_a_dtype_this_cpu_multiplies_slowly(monkeypatch, seconds_per_product, side):
+    # bf16 on an AVX2 CPU: 1-2 GFLOP/s, so a 2048^3 product would take about 11 s, each time MFU re-measures
+    clock = iter(range(10 ** 6))
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: next(clock) * seconds_per_product)
+    assert hardware.cpu_product_size(torch.float32, torch.Generator().manual_seed(0)) == side
 
 
 def test_measured_peak_keeps_the_best_burst_and_leaves_the_rng_alone():
