@@ -116,11 +116,17 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     ddp = run_train(tmp_path / "two", *common, torchrun=True, timeout=600)
     assert "2 process(es) on cpu" in ddp.stdout
     a, b = same_losses_then_weights(tmp_path, {"one": single, "two": ddp}, iters=6, tolerance=1e-3)
-    # bf16 matmuls of a 4-row and an 8-row batch round differently (one ulp of a 0.02 weight is 1e-4 in bf16),
-    # so after 6 AdamW steps the weights agree to a few 1e-4; a real DDP fault (a missed all-reduce, a wrong
-    # split) moves them by the learning rate, 3e-3, and the losses above by far more than 1e-3
-    atol = 1e-4 if dtype == "float32" else 4e-4
-    assert all(torch.allclose(a[k], b[k], atol=atol) for k in a), max((a[k] - b[k]).abs().max() for k in a)
+    # a real DDP fault (a missed all-reduce, a wrong split) moves every weight by about the learning rate, 3e-3,
+    # and the losses above by far more than 1e-3. In fp32 the weights agree to 1e-4 everywhere. In bf16, matmuls
+    # of a 4-row and an 8-row batch (or on another thread count) round differently, and a weight whose gradient
+    # is near zero can get its sign flipped, which Adam turns into a whole step the other way (0.005 once on a
+    # loaded 2-core AVX2 CPU, 0 when quiet): there at most 1 % of the weights may differ by more than 4e-4
+    if dtype == "float32":
+        assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a), max((a[k] - b[k]).abs().max() for k in a)
+    else:
+        moved = sum(int(((a[k] - b[k]).abs() > 4e-4).sum()) for k in a)
+        total = sum(a[k].numel() for k in a)
+        assert moved <= total // 100, f"{moved} of {total} weights differ by more than 4e-4"
 
 
 def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
