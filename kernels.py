@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 import hardware
 
+
 class FusedHeadLoss(torch.autograd.Function):
     """LM head + mean cross-entropy for CPU training, with as few passes over the logits as possible.
 
