@@ -50,19 +50,20 @@ def pick_device(device: str, local_rank: int = 0) -> str:
     return f"cuda:{index}"
 
 
-def cpu_flags() -> set[str]:
+@functools.cache  # read once: Int8Linear asks for every layer it quantizes
+def cpu_flags() -> frozenset[str]:
     """CPU feature flags from /proc/cpuinfo (Linux); empty elsewhere."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
-def cpu_has_native_bf16() -> set[str]:
+def cpu_has_native_bf16() -> frozenset[str]:
     """The bf16 instructions this CPU has (AVX512-BF16, AMX, Arm's BF16); empty if none."""
     return cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"}
 
