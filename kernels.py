@@ -82,7 +82,6 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-@torch.compiler.disable  # already fused by hand; a compiled model runs it eager, between its graphs
 def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, last_offset: float = 0.0
                     ) -> torch.Tensor:
     """Mean cross-entropy of x @ weight.T (last_offset added to the last column) against targets (-1 =
@@ -93,6 +92,11 @@ def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     rounded up to an eighth of all rows (topped up with ignored rows, which add nothing): the logits then
     come in at most 8 sizes, which the heap kept by hardware.keep_freed_memory_on_cpu reuses. With a new size
     every step it fragmented instead (a 4x256 run grew to 5.4 GB and was OOM-killed)."""
+    if torch.compiler.is_compiling():
+        # fused by hand already: a compiled model runs it eager, between its graphs. Marked here, not with a
+        # decorator: torch.compiler.disable imports torch._dynamo, 3.5 s of every script's start on a 2-core CPU
+        # (sample.py, eval.py, serve.py, uncompiled training), which only a compiled model needs
+        return torch.compiler.disable(fused_head_loss)(x, weight, targets, last_offset)
     valid = targets != -1
     n_rows, n_valid = targets.numel(), int(valid.sum())
     if n_valid < n_rows:
@@ -102,7 +106,7 @@ def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     return FusedHeadLoss.apply(x, weight, targets, last_offset)
 
 
-def cpu_kernels_pay_off(device: str, dtype_name: str) -> bool:
+def cpu_kernels_pay_off(device: str) -> bool:
     """Whether training on device should take these kernels: CPU training, in bf16 or fp32 (the fused head in
     both, explicit attention where explicit_attention_pays_off says). GPUs take the plain paths, where flash
     attention and the compiled head are the fast ones, as does the training bench's plain-PyTorch baseline."""
