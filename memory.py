@@ -218,7 +218,7 @@ def device_capacity(device: str) -> float | None:
 def attention_path(device: str, dtype: str, block_size: int) -> str:
     """Which attention a training step takes (model.py): the explicit one for CPU mixed precision at short
     context, else scaled_dot_product_attention's flash / memory-efficient kernels."""
-    if cpu_kernels_pay_off(device, dtype) and explicit_attention_pays_off(block_size, getattr(torch, dtype)):
+    if cpu_kernels_pay_off(device) and explicit_attention_pays_off(block_size, getattr(torch, dtype)):
         return "explicit"
     return "flash"
 
@@ -231,7 +231,7 @@ def plan_for(model, batch_size: int, block_size: int, micro_steps: int, optimize
     return Plan(Shape(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.bias), batch_size, block_size,
                 lora_rank=settings.get("rank", 0), optimizer=optimizer,
                 gradient_checkpointing=gradient_checkpointing, dtype=dtype,
-                attention=attention_path(device, dtype, block_size), fused_head=cpu_kernels_pay_off(device, dtype),
+                attention=attention_path(device, dtype, block_size), fused_head=cpu_kernels_pay_off(device),
                 head_rows=len(model.head_shortlist.rows) if model.head_shortlist is not None else None,
                 accumulation=micro_steps > 1, lora_targets=tuple(settings.get("targets", LORA_TARGETS)),
                 device=device, capacity=device_capacity(device))

@@ -291,7 +291,7 @@ def main() -> None:
     if ddp:
         model = DDP(model, device_ids=[torch.device(dev).index] if device_type == "cuda" else None)
     ctx = hardware.autocast(dev, dtype_name)
-    cpu_kernels = cpu_kernels_pay_off(dev, dtype_name)  # kernels.py: the fused head, explicit attention in bf16
+    cpu_kernels = cpu_kernels_pay_off(dev)  # kernels.py: the fused head, explicit attention in bf16
     train_batches = TrainBatches(data, sampler, rank, world_size, dev, loss_on)
     eval_batches = EvalBatches(data, run_block_size, batch_size, eval_iters, dev)
     peak = hardware.PeakFlops(dev, ptdtype)

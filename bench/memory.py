@@ -102,7 +102,7 @@ def run_worker(spec: dict) -> dict:
     model.to(dev)
     optimizer = optimizers.build(model, "adamw", 0.1, 1e-4, (0.9, 0.95), torch.device(dev).type)
     ctx = hardware.autocast(dev, dtype_name)
-    cpu_kernels = cpu_kernels_pay_off(dev, dtype_name)
+    cpu_kernels = cpu_kernels_pay_off(dev)
     x = torch.randint(0, memory.GPT2_VOCAB, (spec["batch_size"], spec["block_size"]), device=dev)
     y = torch.randint(0, memory.GPT2_VOCAB, (spec["batch_size"], spec["block_size"]), device=dev)
     if cuda:

@@ -166,7 +166,7 @@ def train_bench(shape: dict) -> None:
         if use_compile:
             model = torch.compile(model)
         results[name] = time_steps(model, optimizer, hardware.autocast(dev, dtype_name), x, y, dev, warmup, iters,
-                                   between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev, dtype_name),
+                                   between=peak.sample, cpu_kernels=cpu_kernels_pay_off(dev),
                                    scaler=hardware.grad_scaler(dev, dtype_name), grad_clip=1.0, after_backward=share)
 
     flops_per_step[BASELINE] = flops_per_step[ours]  # the same model
