@@ -6,12 +6,27 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+import pytest
 import torch
 
+import hardware
 from tags import TAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_GPT2 = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+
+# The precision train.py trains in on this CPU (dtype='auto'): bf16 where the CPU has bf16 instructions, else
+# fp32. A whole training run in bf16 on a CPU without them multiplies at 1-2 GFLOP/s (a tiny model's step takes
+# 500 ms, against 60 in fp32), tests a path no user there takes, and made the suite 20 minutes long on a 2-core
+# AVX2 CPU; test_model.py and test_shortlist.py check the bf16 kernels' arithmetic on every CPU.
+NATIVE_BF16 = bool(hardware.cpu_has_native_bf16())
+CPU_TRAINING_DTYPE = "bfloat16" if NATIVE_BF16 else "float32"
+
+
+def bf16_run(*values):
+    """A parametrize case whose training run is in bf16: skipped on a CPU without bf16 instructions."""
+    return pytest.param(*values, marks=pytest.mark.skipif(
+        not NATIVE_BF16, reason="a bf16 training run on a CPU without bf16 instructions: the float32 case covers it"))
 
 
 def save_tiny_transformers_gpt2(directory: str, seed: int = 0, vocab_size: int = 50257, **overrides) -> str:

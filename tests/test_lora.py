@@ -16,7 +16,7 @@ import lora
 import memory
 import optimizers
 from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
-from helpers import run_script as _run_script, save_tiny_transformers_gpt2
+from helpers import CPU_TRAINING_DTYPE, run_script as _run_script, save_tiny_transformers_gpt2
 from errors import UserError
 from model import GPT, GPTConfig
 from test_train import iteration_losses, run_train as _run_train
@@ -81,7 +81,7 @@ def test_lora_lowers_the_loss_and_trains_only_the_adapters(lora_run, base_dir):
 @pytest.mark.slow
 def test_lora_resume_continues_exactly(tmp_path, tiny_data, base_dir):  # noqa: F811
     schedule = [f"--dataset={tiny_data}", f"--init_from={base_dir}", *LORA, "--lr_decay_iters=8",
-                "--eval_interval=3", "--lora_dropout=0.1", "--dtype=bfloat16"]
+                "--eval_interval=3", "--lora_dropout=0.1", f"--dtype={CPU_TRAINING_DTYPE}"]
     whole = run_train(tmp_path / "whole", *schedule, "--max_iters=8")
     run_train(tmp_path / "parts", *schedule, "--max_iters=5")
     resumed = run_train(tmp_path / "parts", *schedule, "--max_iters=8", "--init_from=resume")

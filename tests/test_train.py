@@ -5,21 +5,18 @@ batch; per-tag eval; fp16 with a GradScaler; SIGTERM saves; and each user error 
 """
 
 import contextlib
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 import hardware
 from checkpoint import best_path, checkpoint_path, load_checkpoint, load_model, model_checkpoint_path, save_checkpoint
-from data.binwriter import write_dataset
-from helpers import ROOT
+from helpers import CPU_TRAINING_DTYPE, ROOT, bf16_run
 from tags import TAGS
 
 # Every test here runs train.py in a fresh Python (some under torchrun), as users run it: the slow tier.
@@ -88,7 +85,7 @@ def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     assert {"optimizer", "scaler", "sampler", "rng", "config", "model_args"} <= set(ckpt)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the CPU's fused head and attention paths
+@pytest.mark.parametrize("dtype", ["float32", bf16_run("bfloat16")])  # bfloat16: the CPU's explicit attention path
 def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
     schedule = [f"--dataset={tiny_data}", "--eval_interval=3", "--lr_decay_iters=8", "--dropout=0.1",
                 f"--dtype={dtype}"]
@@ -104,7 +101,8 @@ def test_resume_continues_exactly(tmp_path, tiny_data, dtype):
         assert torch.equal(tensor, b["model"][name]), name
 
 
-@pytest.mark.parametrize("dtype,compile", [("float32", False), ("bfloat16", False), ("bfloat16", True)])
+@pytest.mark.parametrize("dtype,compile", [("float32", False), bf16_run("bfloat16", False),
+                                           (CPU_TRAINING_DTYPE, True)])
 def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
     # the same global batch: 2 accumulation steps in one process, or one on each of two processes; compiled
     # too, as train.py runs on a CPU by default (DDP splits the compiled graph at its gradient buckets)
@@ -131,8 +129,9 @@ def test_ddp_two_processes_match_one(tmp_path, tiny_data, dtype, compile):
 
 def test_compiled_cpu_training_matches_eager(tmp_path, tiny_data):
     # train.py compiles on CPUs too: the compiled graphs (GELU as x * sigmoid(2u), fused elementwise work)
-    # around the eager fused head must train the same model as eager, to bf16 rounding
-    common = [f"--dataset={tiny_data}", "--max_iters=4", "--eval_interval=4", "--dtype=bfloat16"]
+    # around the eager fused head must train the same model as eager, to bf16 rounding (in the precision
+    # train.py picks on this CPU)
+    common = [f"--dataset={tiny_data}", "--max_iters=4", "--eval_interval=4", f"--dtype={CPU_TRAINING_DTYPE}"]
     eager = run_train(tmp_path / "eager", *common)
     compiled = run_train(tmp_path / "compiled", *common, "--compile=True", timeout=600)
     can_compile, why = hardware.compile_pays_off("cpu")
