@@ -420,7 +420,7 @@ class PeakFlops:
     once held the bf16 peak at 0.87 TFLOP/s (2.1 when quiet) through train.py's start, and its log then showed
     94% MFU. So runs call sample() now and then, and the best burst wins. The first burst is short too (3
     products after a warm-up: 1.5 s in fp32 on a 2-core AVX2 CPU, against 3.7 s for 10): every train.py start
-    pays it, the tests' hundred short runs among them, and the later samples keep the best.
+    pays it, the tests' many short runs among them, and the later samples keep the best.
     """
 
     def __init__(self, device: str | torch.device, dtype: torch.dtype):

@@ -94,7 +94,7 @@ def fused_head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
     every step it fragmented instead (a 4x256 run grew to 5.4 GB and was OOM-killed)."""
     if torch.compiler.is_compiling():
         # fused by hand already: a compiled model runs it eager, between its graphs. Marked here, not with a
-        # decorator: torch.compiler.disable imports torch._dynamo, 3.5 s of every script's start on a 2-core CPU
+        # decorator: torch.compiler.disable imports torch._dynamo, 3.3 s of every script's start on a 2-core CPU
         # (sample.py, eval.py, serve.py, uncompiled training), which only a compiled model needs
         return torch.compiler.disable(fused_head_loss)(x, weight, targets, last_offset)
     valid = targets != -1

@@ -6,6 +6,7 @@ import torch
 import engine
 import hardware
 from errors import UserError
+from helpers import NATIVE_BF16
 from model import GPT
 
 
@@ -35,7 +36,7 @@ def test_decoding_past_the_context_slides_the_window(tiny_model):
     assert out.shape == (1, idx.size(1) + 100)
 
 
-@pytest.mark.skipif(not bool(hardware.cpu_has_native_bf16()), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16")
 def test_packed_bf16_matches_plain_bf16(tiny_hf_dir):
     plain = GPT.from_pretrained(tiny_hf_dir).eval().to(torch.bfloat16)
     packed = engine.load_for_inference(tiny_hf_dir, "", "cpu", "auto")

@@ -12,7 +12,7 @@ import engine
 import hardware
 import sample
 from errors import UserError
-from helpers import run_as_user, run_in_process, run_script
+from helpers import NATIVE_BF16, run_as_user, run_in_process, run_script
 from tokenizer import EOT_ID, get_encoding
 
 SEPARATOR = "---------------"
@@ -122,7 +122,7 @@ def test_stream_decodes_characters_split_over_tokens(tiny_model, monkeypatch):
 
 def test_dtype_choice():
     assert engine.resolve_dtype("float32", "cpu") == torch.float32
-    expected = torch.bfloat16 if bool(hardware.cpu_has_native_bf16()) else torch.float32
+    expected = torch.bfloat16 if NATIVE_BF16 else torch.float32
     assert engine.resolve_dtype("auto", "cpu") == expected
     with pytest.raises(UserError):
         engine.resolve_dtype("int3", "cpu")
