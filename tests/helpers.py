@@ -20,7 +20,7 @@ TINY_GPT2 = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
 # 500 ms, against 60 in fp32), tests a path no user there takes, and made the suite 20 minutes long on a 2-core
 # AVX2 CPU; test_model.py and test_shortlist.py check the bf16 kernels' arithmetic on every CPU.
 NATIVE_BF16 = bool(hardware.cpu_has_native_bf16())
-CPU_TRAINING_DTYPE = "bfloat16" if NATIVE_BF16 else "float32"
+CPU_TRAINING_DTYPE = hardware.pick_dtype("cpu", "auto")[0]
 
 
 def bf16_run(*values):
