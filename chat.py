@@ -83,7 +83,7 @@ class Chat:
 
     def answer(self, line: str) -> Iterator[str]:
         """Stream the answer to a user line as text; the turn is kept even if the answer is cut short."""
-        question = engine.encode(self.question(line))
+        question = engine.encode(self.question(line), self.model)
         answer: list[int] = []
         try:
             for token, piece in engine.stream(self.model, self.context(question), self.max_new_tokens,

@@ -2,7 +2,8 @@
 
 - pick the device and the decoding dtype ('auto': bf16 where the hardware has fast bf16, else fp32),
 - load a model for decoding (from a checkpoint, a GPT-2 name or a transformers directory, always safely),
-- read and encode prompts (`FILE:path`, the `<eot>` marker), keeping the last tokens when one is too long,
+- read and encode prompts (`FILE:path`, the `<eot>` marker) in the tokens the model knows, keeping the last
+  tokens when one is too long,
 - on CPUs with native bf16, repack the weights once so that decoding streams them at memory speed,
 - or, opt-in (dtype='int8'), quantize them to int8 for half the bytes per token,
 - stream a continuation as text, token by token, ending at end-of-text,
@@ -13,6 +14,7 @@ import codecs
 import glob
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,7 +28,8 @@ from kernels import Int8Linear, PackedLinear
 from kv_cache import KVCache
 from model import GPT
 from sampling import TokenSampler
-from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, get_encoding
+from shortlist import untrained_tokens
+from tokenizer import EOT_ID, EOT_MARKER, EOT_TOKEN, Respeller, get_encoding
 
 FILE_PREFIX = "FILE:"
 
@@ -125,10 +128,23 @@ def read_start(start: str) -> str:
         return f.read()
 
 
-def encode(text: str) -> list[int]:
+def encode(text: str, model: GPT | None = None) -> list[int]:
     """Token ids of text. `<eot>` (how NanoPhi's text files write it) and `<|endoftext|>` become the
-    end-of-text token, as in the training data; everything else is ordinary text."""
-    return get_encoding().encode(text.replace(EOT_MARKER, EOT_TOKEN), allowed_special={EOT_TOKEN})
+    end-of-text token, as in the training data; everything else is ordinary text. Given the model that will
+    read them, tokens it never trained are written as pieces it knows (respeller)."""
+    ids = get_encoding().encode(text.replace(EOT_MARKER, EOT_TOKEN), allowed_special={EOT_TOKEN})
+    return respeller(model)(ids) if model is not None else ids
+
+
+_respellers: "weakref.WeakKeyDictionary[nn.Module, Respeller]" = weakref.WeakKeyDictionary()
+
+
+def respeller(model: GPT) -> Respeller:
+    """The model's tokenizer.Respeller, found once per model: its untrained tokens are the equal rows of its
+    token embedding (shortlist.untrained_tokens), none for a model that trained them all."""
+    if model not in _respellers:
+        _respellers[model] = Respeller(untrained_tokens(model.transformer.wte.weight))
+    return _respellers[model]
 
 
 def decode(ids: list[int]) -> str:

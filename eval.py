@@ -67,7 +67,7 @@ def pick_tasks(names: str) -> list:
 
 def run_task(model, task, items: list, n_examples: int) -> dict:
     """Generate every item's answer (greedy, batched) and score it."""
-    prompts = [engine.encode(item.prompt) for item in items]
+    prompts = [engine.encode(item.prompt, model) for item in items]
     outputs = engine.generate_batch(model, prompts, task.max_new_tokens, stop_token=None, batch_size=batch_size)
     hits: dict[str, int] = {}
     shown = []

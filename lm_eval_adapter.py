@@ -43,8 +43,8 @@ class NanoPhiLM(LM):
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         if not context:
-            return [EOT_ID], engine.encode(continuation)
-        whole, ctx = engine.encode(context + continuation), engine.encode(context)
+            return [EOT_ID], engine.encode(continuation, self.model)
+        whole, ctx = engine.encode(context + continuation, self.model), engine.encode(context, self.model)
         return whole[:len(ctx)], whole[len(ctx):]
 
     @torch.inference_mode()
@@ -75,7 +75,7 @@ class NanoPhiLM(LM):
         out = []
         for req in requests:
             windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=engine.encode(req.args[0]), prefix_token=EOT_ID, max_seq_len=self.block_size,
+                token_list=engine.encode(req.args[0], self.model), prefix_token=EOT_ID, max_seq_len=self.block_size,
                 context_len=1)]
             out.append(sum(lp for lp, _ in self.score(windows)))
         return out
@@ -92,7 +92,7 @@ class NanoPhiLM(LM):
             sampling = None
             if kwargs.get("do_sample") and float(kwargs.get("temperature", 1.0)) > 0:
                 sampling = engine.Sampling(temperature=float(kwargs["temperature"]), top_k=None)
-            prompt = engine.keep_last(engine.encode(context), self.block_size)[0] if context else [EOT_ID]
+            prompt = engine.keep_last(engine.encode(context, self.model), self.block_size)[0] if context else [EOT_ID]
             tokens = engine.generate_batch(self.model, [prompt], max_new, sampling)[0]
             text = engine.decode([t for t in tokens if t < EOT_ID])
             for stop in until:

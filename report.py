@@ -273,7 +273,7 @@ def sample_lines(run: Run) -> list[str]:
     weights = load_checkpoint(model_checkpoint_path(run.path))  # best.pt, else ckpt.pt: what sample.py reads
     model = engine.for_decoding(model_from_checkpoint(weights).eval(), "cpu")
     prompts = list(SAMPLE_PROMPTS.values())
-    outs = engine.generate_batch(model, [engine.encode(p) for p in prompts], sample_tokens)
+    outs = engine.generate_batch(model, [engine.encode(p, model) for p in prompts], sample_tokens)
     lines = [f"Greedy, up to {sample_tokens} tokens, ending at end-of-text:", ""]
     for tag, prompt, out in zip(SAMPLE_PROMPTS, prompts, outs):
         text = engine.decode([t for t in out if t < EOT_ID])

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     hardware.set_cpu_threads(idle_only=True)
     model = engine.load_for_inference(init_from, engine.newest_out_dir(init_from, out_dir), device, dtype,
                                      compile)
-    ids, dropped = engine.keep_last(engine.encode(engine.read_start(start)), model.config.block_size)
+    ids, dropped = engine.keep_last(engine.encode(engine.read_start(start), model), model.config.block_size)
     if dropped:
         print(f"note: the prompt is longer than the model's context; keeping its last "
               f"{model.config.block_size} tokens ({dropped} dropped)", file=sys.stderr)

@@ -179,7 +179,7 @@ class Server:
         if isinstance(body.prompt, str):
             if not body.prompt:
                 raise ApiError(400, "prompt is empty: give some text to continue", "prompt")
-            ids = engine.encode(body.prompt)
+            ids = engine.encode(body.prompt, self.model)
         else:
             if not body.prompt:
                 raise ApiError(400, "prompt is empty: give some text or token ids to continue", "prompt")
@@ -205,19 +205,19 @@ class Server:
         turn: list[int] = []
         for message in body.messages[:-1]:
             if message.role == "assistant":
-                conversation.turns.append(turn + engine.encode(message.content) + [EOT_ID])
+                conversation.turns.append(turn + engine.encode(message.content, self.model) + [EOT_ID])
                 turn = []
             else:
                 if turn:  # two questions in a row: the first stands as a turn without an answer
                     conversation.turns.append(turn + [EOT_ID])
                 text = message.content if message.role == "system" else conversation.question(message.content)
-                turn = engine.encode(text)
+                turn = engine.encode(text, self.model)
                 if message.role == "system":
                     conversation.turns.append(turn + [EOT_ID])
                     turn = []
         if turn:
             conversation.turns.append(turn + [EOT_ID])
-        question = engine.encode(conversation.question(body.messages[-1].content))
+        question = engine.encode(conversation.question(body.messages[-1].content), self.model)
         return conversation.context(question)
 
 

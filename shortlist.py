@@ -14,7 +14,9 @@ weight decay see what the full head would give them. The loss, the gradients and
 head's (to float rounding: tests/test_shortlist.py); the model stays an ordinary GPT-2 of 50,304 rows that
 sample.py, export.py and transformers load as before, its unused tokens all alike. Alike means the model
 cannot tell one from another: a name the data never holds cannot be copied from a prompt (data/mini's name
-pool is wide for that reason). Measured on the embedded default's step: docs/capability.md.
+pool is wide for that reason), so a prompt is given to such a model in the tokens it knows
+(tokenizer.Respeller, after untrained_tokens below finds the equal rows). Measured on the embedded default's
+step: docs/capability.md.
 """
 
 import math
@@ -79,3 +81,20 @@ class HeadShortlist:
     def describe(self) -> str:
         return (f"LM head over the {len(self.rows) - 1:,} tokens the data uses and one row for the other "
                 f"{len(self.rest):,} (kept equal; exact: shortlist.py)")
+
+
+def untrained_tokens(weight: torch.Tensor) -> set[int]:
+    """Ids of the largest group of equal rows in a token embedding, if it has more than one row: the tokens a
+    model trained with a shortlisted head never saw (their rows stay equal, HeadShortlist.tie), which it can
+    neither tell apart nor write. Empty for a model whose rows all differ (GPT-2's own, a full head)."""
+    w = np.ascontiguousarray(weight.detach().float().cpu().numpy())
+    # equal rows have equal first columns: only rows whose first value repeats need the exact comparison
+    _, first, counts = np.unique(w[:, 0], return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[first] > 1)
+    if len(candidates) < 2:
+        return set()
+    rows = w[candidates].view(np.dtype((np.void, w.shape[1] * w.itemsize))).ravel()
+    _, group, sizes = np.unique(rows, return_inverse=True, return_counts=True)
+    if sizes.max() < 2:
+        return set()
+    return set(candidates[group.ravel() == sizes.argmax()].tolist())

@@ -82,3 +82,37 @@ def number_tokens(bpe_dir: str | None = None) -> dict[int, str]:
         if digits.isascii() and digits.isdigit() and len(digits) <= 3:
             found[tok] = text
     return found
+
+
+class Respeller:
+    """Writes each token of `unknown` as the fewest other tokens with the same bytes (` Chen` -> ` Ch`, `en`),
+    the same text in a vocabulary a model knows. A model trained from scratch on small data never saw most of
+    GPT-2's 50,257 tokens (shortlist.untrained_tokens finds them); a name or a word that is one such token
+    cannot be read or copied from a prompt, but its pieces can, as the made-up names training holds are.
+    A token no known tokens spell (a byte never seen) is kept."""
+
+    def __init__(self, unknown: set[int], bpe_dir: str | None = None):
+        enc = get_encoding(bpe_dir)
+        self.unknown = frozenset(unknown) - {EOT_ID}
+        self.known = {enc.decode_single_token_bytes(t): t for t in range(enc.n_vocab)
+                      if t not in self.unknown and t != EOT_ID} if self.unknown else {}
+        self.longest = max(map(len, self.known), default=0)
+        self.enc, self.spelled = enc, {}
+
+    def spell(self, token: int) -> list[int]:
+        """token as the fewest known tokens, longest first piece among equals; [token] if none spell it."""
+        if token not in self.spelled:
+            text = self.enc.decode_single_token_bytes(token)
+            best: list[list[int] | None] = [None] * len(text) + [[]]  # best[i]: text[i:] as known tokens
+            for i in range(len(text) - 1, -1, -1):
+                for j in range(min(len(text), i + self.longest), i, -1):
+                    rest, piece = best[j], self.known.get(text[i:j])
+                    if rest is not None and piece is not None and (not best[i] or len(rest) + 1 < len(best[i])):
+                        best[i] = [piece] + rest
+            self.spelled[token] = best[0] or [token]
+        return self.spelled[token]
+
+    def __call__(self, ids: list[int]) -> list[int]:
+        if not self.unknown:
+            return ids
+        return [piece for t in ids for piece in (self.spell(t) if t in self.unknown else (t,))]

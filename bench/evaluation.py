@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     work = []  # (prompts, max_new_tokens) per task
     for task in registry().values():
         items, _ = build_items(task, seed, min(limit, task.finite or limit))
-        work.append(([engine.encode(i.prompt) for i in items], task.max_new_tokens))
+        work.append(([engine.encode(i.prompt, model) for i in items], task.max_new_tokens))
     n_prompts = sum(len(p) for p, _ in work)
     print(f"{source}, {str(model.lm_head.weight.dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, "
           f"{n_prompts} prompts from {len(work)} tasks, load average {os.getloadavg()[0]:.1f}")

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+import engine
 import memory
 import shortlist as shortlist_module
 from model import GPT, GPTConfig
 from shortlist import HeadShortlist, used_tokens
+from tokenizer import EOT_ID
 from test_train import iteration_losses, run_train
-from checkpoint import checkpoint_path, load_checkpoint
+from checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 
 V = 96
 
@@ -105,6 +107,15 @@ def test_a_model_whose_rows_differ_is_not_tied():
         HeadShortlist(torch.arange(V), V)
 
 
+def test_untrained_tokens_are_the_largest_group_of_equal_rows_and_none_when_rows_differ(tiny_model):
+    _, shortened, short, _, _ = tiny_pair()
+    assert shortlist_module.untrained_tokens(shortened.lm_head.weight) == set(short.rest.tolist())
+    assert shortlist_module.untrained_tokens(shortened.lm_head.weight.bfloat16()) == set(short.rest.tolist())
+    assert shortlist_module.untrained_tokens(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32)).lm_head.weight) == set()
+    assert shortlist_module.untrained_tokens(tiny_model.transformer.wte.weight) == set()
+    assert engine.respeller(tiny_model).unknown == frozenset()
+
+
 def test_memory_plan_counts_the_logits_of_the_shortlisted_head_only():
     full, shortened, short, _, _ = tiny_pair()
     plans = [memory.plan_for(m, 4, 16, 1, "adamw", None, False, "bfloat16", "cpu") for m in (full, shortened)]
@@ -126,6 +137,15 @@ def test_train_shortlists_scratch_runs_and_resumes_and_keeps_pretrained_heads_wh
     unused = np.setdiff1d(np.arange(weight.size(0)), data)
     assert len(unused) > 40_000 and (weight[unused] == weight[unused[0]]).all()  # trained, still equal
     assert not torch.equal(weight[unused[0]], weight[int(data[0])])
+    # ... which is how the trained model's prompts find the tokens it never saw, to write them in ones it knows
+    assert shortlist_module.untrained_tokens(weight) == set(unused.tolist())
+    model = model_from_checkpoint(load_checkpoint(checkpoint_path(str(tmp_path / "scratch"))))
+    # tokens tiny_data's few words and numbers spell
+    spellable = (t for t in unused[::-1].tolist() if t < EOT_ID and len(engine.respeller(model).spell(t)) > 1)
+    text = "Bob: hello" + "".join(engine.decode([next(spellable)]) for _ in range(5))
+    ids = engine.encode(text, model)
+    assert engine.decode(ids) == text and len(ids) > len(engine.encode(text))
+    assert not set(ids) & set(unused.tolist())
     pretrained = run_train(tmp_path / "pretrained", *common, "--max_iters=1", f"--init_from={tiny_hf_dir}",
                            "--block_size=32")
     assert "full LM head: the rows of tokens the data does not use differ" in pretrained.stdout
