@@ -131,7 +131,7 @@ def read_start(start: str) -> str:
 def encode(text: str, model: GPT | None = None) -> list[int]:
     """Token ids of text. `<eot>` (how NanoPhi's text files write it) and `<|endoftext|>` become the
     end-of-text token, as in the training data; everything else is ordinary text. Given the model that will
-    read them, tokens it never trained are written as pieces it knows (respeller)."""
+    read them, names it never trained are written as pieces it knows (respeller)."""
     ids = get_encoding().encode(text.replace(EOT_MARKER, EOT_TOKEN), allowed_special={EOT_TOKEN})
     return respeller(model)(ids) if model is not None else ids
 

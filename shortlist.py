@@ -14,7 +14,7 @@ weight decay see what the full head would give them. The loss, the gradients and
 head's (to float rounding: tests/test_shortlist.py); the model stays an ordinary GPT-2 of 50,304 rows that
 sample.py, export.py and transformers load as before, its unused tokens all alike. Alike means the model
 cannot tell one from another: a name the data never holds cannot be copied from a prompt (data/mini's name
-pool is wide for that reason), so a prompt is given to such a model in the tokens it knows
+pool is wide for that reason), so a prompt's names are given to such a model in the tokens it knows
 (tokenizer.Respeller, after untrained_tokens below finds the equal rows). Measured on the embedded default's
 step: docs/capability.md.
 """

@@ -85,17 +85,21 @@ def number_tokens(bpe_dir: str | None = None) -> dict[int, str]:
 
 
 class Respeller:
-    """Writes each token of `unknown` as the fewest other tokens with the same bytes (` Chen` -> ` Ch`, `en`),
+    """Writes each name among `unknown` as the fewest other tokens with the same bytes (` Chen` -> ` Che`, `n`),
     the same text in a vocabulary a model knows. A model trained from scratch on small data never saw most of
-    GPT-2's 50,257 tokens (shortlist.untrained_tokens finds them); a name or a word that is one such token
-    cannot be read or copied from a prompt, but its pieces can, as the made-up names training holds are.
-    A token no known tokens spell (a byte never seen) is kept."""
+    GPT-2's 50,257 tokens (shortlist.untrained_tokens finds them); a name that is one such token cannot be read
+    or copied from a prompt, but its pieces can, as the made-up names training holds are. Only names: a token
+    that starts with a capital letter (after its space). A lowercase word so split reads like no word the data
+    has, and the model does better passing over the one vector all unknown tokens share (word problems'
+    ` picked ... beads`, ` evening`: 86 -> 77 % respelled; docs/capability.md). A token no known tokens spell
+    (a byte never seen) is kept."""
 
     def __init__(self, unknown: set[int], bpe_dir: str | None = None):
         enc = get_encoding(bpe_dir)
-        self.unknown = frozenset(unknown) - {EOT_ID}
-        self.known = {enc.decode_single_token_bytes(t): t for t in range(enc.n_vocab)
-                      if t not in self.unknown and t != EOT_ID} if self.unknown else {}
+        self.names = frozenset(t for t in unknown if t < EOT_ID and enc.decode_single_token_bytes(t)
+                               .decode("utf-8", "ignore").lstrip()[:1].isupper())  # these get respelled
+        self.known = {enc.decode_single_token_bytes(t): t for t in range(enc.n_vocab)  # the pieces
+                      if t not in unknown and t != EOT_ID} if self.names else {}
         self.longest = max(map(len, self.known), default=0)
         self.enc, self.spelled = enc, {}
 
@@ -113,6 +117,6 @@ class Respeller:
         return self.spelled[token]
 
     def __call__(self, ids: list[int]) -> list[int]:
-        if not self.unknown:
+        if not self.names:
             return ids
-        return [piece for t in ids for piece in (self.spell(t) if t in self.unknown else (t,))]
+        return [piece for t in ids for piece in (self.spell(t) if t in self.names else (t,))]

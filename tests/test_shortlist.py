@@ -113,7 +113,7 @@ def test_untrained_tokens_are_the_largest_group_of_equal_rows_and_none_when_rows
     assert shortlist_module.untrained_tokens(shortened.lm_head.weight.bfloat16()) == set(short.rest.tolist())
     assert shortlist_module.untrained_tokens(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32)).lm_head.weight) == set()
     assert shortlist_module.untrained_tokens(tiny_model.transformer.wte.weight) == set()
-    assert engine.respeller(tiny_model).unknown == frozenset()
+    assert engine.respeller(tiny_model).names == frozenset()
 
 
 def test_memory_plan_counts_the_logits_of_the_shortlisted_head_only():
@@ -141,7 +141,8 @@ def test_train_shortlists_scratch_runs_and_resumes_and_keeps_pretrained_heads_wh
     assert shortlist_module.untrained_tokens(weight) == set(unused.tolist())
     model = model_from_checkpoint(load_checkpoint(checkpoint_path(str(tmp_path / "scratch"))))
     # tokens tiny_data's few words and numbers spell
-    spellable = (t for t in unused[::-1].tolist() if t < EOT_ID and len(engine.respeller(model).spell(t)) > 1)
+    respell = engine.respeller(model)
+    spellable = (t for t in unused[::-1].tolist() if t in respell.names and len(respell.spell(t)) > 1)
     text = "Bob: hello" + "".join(engine.decode([next(spellable)]) for _ in range(5))
     ids = engine.encode(text, model)
     assert engine.decode(ids) == text and len(ids) > len(engine.encode(text))

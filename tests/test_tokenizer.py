@@ -58,26 +58,31 @@ def test_missing_bpe_file_is_refused(tmp_path):
         get_encoding(str(tmp_path))
 
 
-def test_respeller_writes_unknown_tokens_as_the_fewest_known_ones_with_the_same_text():
+def test_respeller_writes_unknown_names_as_the_fewest_known_tokens_with_the_same_text():
     enc = get_encoding()
-    text = "Premises: Chen is taller than Dara. Question: Who is the tallest?<|endoftext|> 1957"
+    text = "Premises: Chen is taller than Alma. Question: Who is the tallest?<|endoftext|> Leeds in the evening"
     ids = enc.encode(text, allowed_special={EOT_TOKEN})
-    unknown = {enc.encode(" Chen")[0], enc.encode(" Dara")[0], enc.encode(" 1957")[0], EOT_ID}
-    assert unknown - {EOT_ID} <= set(ids)
-    respell = Respeller(unknown)
+    names = {enc.encode_single_token(word) for word in (" Chen", " Alma", " Leeds")}
+    lowercase = {enc.encode_single_token(word) for word in (" evening", " tallest")}
+    assert names | lowercase <= set(ids)
+    respell = Respeller(names | lowercase | {EOT_ID, VOCAB_SIZE + 3})
+    assert respell.names == names  # not the lowercase words, end-of-text or padding ids
     out = respell(ids)
-    assert enc.decode(out) == text and EOT_ID in out  # the same text; end-of-text is never respelled
-    assert not (set(out) & unknown - {EOT_ID})
-    assert len(out) == len(ids) + 3  # each of the three unknown tokens is two known ones
-    for word in (" Chen", " Dara", " 1957"):
-        assert len(respell.spell(enc.encode(word)[0])) == 2
-    assert respell([t for t in ids if t not in unknown]) == [t for t in ids if t not in unknown]
+    assert enc.decode(out) == text and EOT_ID in out  # the same text; end-of-text kept
+    assert not set(out) & names and lowercase <= set(out)
+    assert len(out) == len(ids) + 3  # each of the three names is two known tokens
+    for word in (" Chen", " Alma", " Leeds"):
+        pieces = respell.spell(enc.encode_single_token(word))
+        assert len(pieces) == 2 and not set(pieces) & (names | lowercase)  # pieces are never unknown tokens
+    assert respell([t for t in ids if t not in names]) == [t for t in ids if t not in names]
 
 
 def test_respeller_keeps_a_token_that_known_tokens_cannot_spell_and_does_nothing_without_unknowns():
     enc = get_encoding()
-    ids = enc.encode(" é")  # two UTF-8 bytes: ' ' + 'é' as one token, or pieces ending in the byte 0xa9
+    ids = enc.encode(" É")  # one token, a name (it starts with a capital)
     single = {enc.encode_single_token(bytes([b])) for b in range(256)}
-    respell = Respeller(set(ids) | single)  # every single byte unknown too: nothing can spell the token
-    assert respell(ids) == ids
+    respell = Respeller(set(ids) | single | {enc.encode_single_token("É")})  # nothing known spells it
+    assert set(ids) <= respell.names and respell(ids) == ids
+    spelled = Respeller(set(ids))(ids)  # with the bytes known: two pieces (' \xc3', '\x89'), the same text
+    assert len(spelled) == 2 and enc.decode(spelled) == " É"
     assert Respeller(set())(ids) == ids

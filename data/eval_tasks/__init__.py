@@ -59,7 +59,7 @@ def untrained_notes(results: dict[str, dict]) -> list[str]:
             tokens = beyond["tokens"]
             shown = ", ".join(map(repr, tokens[:4])) + (", ..." if len(tokens) > 4 else "")
             notes.append(f"{name}: {beyond['items']} of {result['n']} answers hold a token the training split "
-                         f"never has ({shown}): a model trained on it has never written one")
+                         f"never has ({shown}): a model trained on it writes them only in smaller pieces")
     return notes
 
 
@@ -109,7 +109,8 @@ class TrainingText:
 
     def untrained(self, text: str) -> list[str]:
         """The tokens of text (after a space, or as written if that leaves fewer) that the split never holds.
-        A model trained on it has never written them; under a shortlisted head it cannot tell them apart."""
+        A model trained on it has never written them, only smaller pieces; under a shortlisted head it cannot tell
+        them apart, and reads a name among them in those pieces (tokenizer.Respeller)."""
         from engine import decode
         missing = min(([t for t in ids if self.counts[t] == 0] for ids in self._variants(text)), key=len)
         return [decode([t]) for t in missing]
