@@ -136,7 +136,7 @@ def encode(text: str, model: GPT | None = None) -> list[int]:
     return respeller(model)(ids) if model is not None else ids
 
 
-_respellers: "weakref.WeakKeyDictionary[nn.Module, Respeller]" = weakref.WeakKeyDictionary()
+_respellers: "weakref.WeakKeyDictionary[GPT, Respeller]" = weakref.WeakKeyDictionary()
 
 
 def respeller(model: GPT) -> Respeller:
