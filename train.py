@@ -119,6 +119,13 @@ def get_lr(it: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
+def clock(seconds: float) -> str:
+    """A duration as people read it: '7m 05s', '1h 02m'."""
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+
+
 def check_settings() -> None:
     """Settings that cannot make a meaningful run: one line each, before any work."""
     for name, value in (("eval_iters", eval_iters), ("eval_interval", eval_interval), ("log_interval", log_interval),
@@ -374,7 +381,9 @@ def main() -> None:
     # (this iteration's mean loss, stop requested, grad norm, checkpoint due by rank 0's clock): reduced over ranks
     stop = torch.zeros(4, device=dev)
     skipped_steps = 0  # fp16: consecutive steps the GradScaler skipped
-    t0 = time.time()
+    t0 = run_start = time.time()
+    run_start_iter = iter_num
+    pace = None  # (time, iteration) at the first log line: the ETA leaves out compiling, keeps evals and saves
     with hardware.explain_out_of_memory(batch_size, run_block_size, plan.advice()):
         while True:
             if iter_num % eval_interval == 0 or iter_num >= max_iters:
@@ -451,11 +460,16 @@ def main() -> None:
                     head_fraction *= len(shortlist.rows) / raw_model.config.vocab_size
                 mfu = raw_model.estimate_mfu(batch_size * micro_steps, dt, dev, ptdtype, peak_flops=peak.flops,
                                              head_fraction=head_fraction)
+                now = time.time()
+                if pace is None:
+                    pace, eta = (now, iter_num), dt * (max_iters - iter_num)
+                else:
+                    eta = (now - pace[0]) / (iter_num - pace[1]) * (max_iters - iter_num)
                 peak_memory = (f", peak memory {torch.cuda.max_memory_allocated(dev) / 2**30:.1f} GiB"
                                if device_type == "cuda" else "")
                 print(f"iter {iter_num}: loss {loss_value:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms/iter, "
                       f"{tokens_per_iter / dt:,.0f} tok/s, MFU {mfu * 100:.1f}%, grad norm {grad_norm:.2f}, "
-                      f"epoch {sampler.epochs():.3f}{peak_memory}")
+                      f"epoch {sampler.epochs():.3f}, eta {clock(eta)}{peak_memory}")
                 logger.log({"iter": iter_num, "train/loss_iter": loss_value, "lr": lr, "ms_per_iter": dt * 1000,
                             "tokens_per_s": tokens_per_iter / dt, "mfu": mfu, "grad_norm": grad_norm,
                             "epoch": sampler.epochs()}, step=iter_num)
@@ -468,6 +482,8 @@ def main() -> None:
             if save_due > 0 and iter_num < max_iters:  # (the end of the run saves anyway)
                 save(f"{checkpoint_interval} s since the last")
                 t0 = time.time()
+    if master:
+        print(f"trained {iter_num - run_start_iter:,} iterations in {clock(time.time() - run_start)}")
     logger.finish()
     if ddp:
         # Tear down in order: wait for every rank (rank 0 may still be saving), free DDP's reducer (it holds

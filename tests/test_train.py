@@ -80,6 +80,9 @@ def test_loss_falls_and_eval_reports_every_tag(tmp_path, tiny_data):
     assert all(last < first for first, last in zip(rows[0][3:], rows[-1][3:]))  # and on every tag
     assert "tokens per iteration: 128" in result.stdout
     assert "precision float32 (set by dtype)" in result.stdout
+    etas = re.findall(r"^iter (\d+): .*, eta (\d+)m (\d\d)s$", result.stdout, re.M)  # time left, on every line
+    assert etas and len(etas) == len(iteration_losses(result.stdout)) and etas[-1] == ("24", "0", "00"), etas
+    assert re.search(r"^trained 24 iterations in \d+m \d\ds$", result.stdout, re.M)
     ckpt = load_checkpoint(checkpoint_path(str(tmp_path)))
     assert ckpt["iter_num"] == 24 and ckpt["best_val_loss"] == pytest.approx(rows[-1][2], abs=1e-4)
     assert {"optimizer", "scaler", "sampler", "rng", "config", "model_args"} <= set(ckpt)
