@@ -17,7 +17,7 @@ a year from the excerpt, a constant into code) needs an induction head, which a 
 this budget: induction_head starts layer 1 with one (word problems 12 -> 48-70 %, excerpt facts 0 -> 36-70 %;
 docs/capability.md has every lever measured).
 bf16 autocast on CPUs with bf16 instructions (hardware.py); fp32 elsewhere, the same recipe and skills, slower
-(37 minutes on a 2-core AVX2 EPYC: docs/performance.md).
+(24-37 minutes on a 2-core AVX2 EPYC: docs/performance.md).
 """
 
 out_dir = "out-phi-mini"
